@@ -1,0 +1,104 @@
+"""The ``pscv`` command: a thin dispatcher; each sub-command's work lives in the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _cmd_prepare(args) -> int:
+    from .data.prepare import PrepareConfig, prepare
+    from .data.synthetic import write_phantoms
+
+    if args.synthetic is not None:
+        if args.src is not None:
+            args.out, args.src = args.src, None
+        if args.out is None:
+            raise ValueError("usage: pscv prepare --synthetic N OUT")
+    elif args.src is None or args.out is None or args.layout is None:
+        raise ValueError("usage: pscv prepare SRC OUT --layout LAYOUT (or --synthetic N OUT)")
+
+    def run(src: str, layout: str) -> str:
+        cfg = PrepareConfig(src=src, out=args.out, layout=layout, size=args.size, seed=args.seed,
+                            workers=args.workers, cases=_csv(args.cases) if args.cases else None,
+                            folds=args.folds, per_class=args.points_per_class,
+                            include_background=not args.no_background_points,
+                            classes=_csv(args.classes) if args.classes else None,
+                            normalization=args.normalization, overwrite=args.overwrite)
+        return prepare(cfg)
+
+    if args.synthetic is not None:
+        if args.phantom_dir:
+            out = run(str(write_phantoms(args.phantom_dir, args.synthetic, seed=args.seed)), "nifti")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = run(str(write_phantoms(tmp, args.synthetic, seed=args.seed)), "nifti")
+    else:
+        out = run(args.src, args.layout)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .data import SliceStore
+    from .data.inspect import format_summary
+
+    store = SliceStore(args.store)
+    summary = store.summary()
+    if args.verify:
+        summary["verify_failed"] = store.verify()
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 1 if summary.get("verify_failed") else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pscv", description="Point-supervised contrastive variance segmentation")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="convert a dataset into a Zarr v3 store with point labels")
+    p.add_argument("src", nargs="?", help="source folder (omit with --synthetic)")
+    p.add_argument("out", nargs="?", help="output store: a folder or an fsspec URL")
+    p.add_argument("--layout", choices=["nifti", "acdc", "wsl4mis-h5", "btcv", "transunet"])
+    p.add_argument("--synthetic", type=int, metavar="N", help="generate N phantoms and convert them")
+    p.add_argument("--phantom-dir", help="keep the generated phantom NIfTI files here")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of the point labels")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--cases", help="comma-separated case ids to convert (default: all)")
+    p.add_argument("--folds", type=int, default=5, help="patient folds to record")
+    p.add_argument("--points-per-class", type=int, default=1)
+    p.add_argument("--no-background-points", action="store_true")
+    p.add_argument("--classes", help="comma-separated class names, background first (nifti without dataset.json)")
+    p.add_argument("--normalization", choices=["mr", "ct", "none"], help="override the layout's default")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("inspect", help="print a store's summary")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true", help="recompute every case's content hash")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"pscv {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Human-readable summary of a store (``pscv inspect``)."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"store       {s['path']}  ({s['format']}, layout {s['layout']})",
+        f"source      {s['source']}",
+        f"cases       {s['n_cases']}   training slices {s['n_slices']} at {s['size']}x{s['size']}",
+        f"classes     {', '.join(s['classes'])}   (ignore_index {s['ignore_index']})",
+        f"intensity   normalisation {s['normalization']['mode']}",
+        f"points      {s['points']}",
+        f"spacing     {s['spacing'] or 'none in the source (metrics in voxels)'}",
+        "splits      " + ", ".join(f"{k}: {v}" for k, v in s["splits"].items()),
+        f"sha256      {s['sha256']}",
+        "",
+        f"{'class':<16}{'voxels':>14}{'slices':>10}",
+    ]
+    for c in s["classes"]:
+        lines.append(f"{c:<16}{s['voxels_per_class'][c]:>14,}{s['slices_per_class'][c]:>10}")
+    if "verify_failed" in s:
+        lines.append("")
+        lines.append("verify      " + ("OK" if not s["verify_failed"] else f"CHANGED: {s['verify_failed']}"))
+    return "\n".join(lines)
