@@ -7,8 +7,11 @@ the names and helpers here. A store is a Zarr v3 group::
                                     store exists only once it is complete)
     <store>/slices/image            (N, S, S) float32  training slices, bilinear-resized to S x S
     <store>/slices/label            (N, S, S) uint8    dense labels, nearest-resized
-    <store>/slices/points           (N, S, S) uint8    point labels: ignore_index except one seeded
-                                                       pixel per present class (METHOD.md)
+    <store>/slices/clicks           (N, M, 3) int16    the clicked pixels (class, y, x), M = K x
+                                                       points-per-class, unused rows class = -1; the
+                                                       point-label map (ignore_index except one seeded
+                                                       pixel per present class, METHOD.md) is built
+                                                       from them by :func:`points_map`
     <store>/slices/case_index       (N,) int32         index into StoreMeta.cases
     <store>/slices/z                (N,) int32         slice position in its native volume
     <store>/slices/present          (N, K) bool        classes present (= classes with a point)
@@ -24,13 +27,15 @@ import dataclasses
 import re
 from typing import Any
 
+import numpy as np
+
 FORMAT_NAME = "pscv_store"
 FORMAT_VERSION = 1
 SHARD_SLICES = 64
 
 SLICE_IMAGE = "slices/image"
 SLICE_LABEL = "slices/label"
-SLICE_POINTS = "slices/points"
+SLICE_CLICKS = "slices/clicks"
 SLICE_CASE = "slices/case_index"
 SLICE_Z = "slices/z"
 SLICE_PRESENT = "slices/present"
@@ -55,6 +60,24 @@ def check_case_id(case: str) -> str:
             f"(no '..', no '/', at most 128 characters)"
         )
     return case
+
+
+def clicks_from_map(points, ignore_index: int, rows: int):
+    """(H, W) point-label map -> (rows, 3) int16 array of (class, y, x), padded with -1."""
+    ys, xs = np.nonzero(points != ignore_index)
+    if len(ys) > rows:
+        raise ValueError(f"{len(ys)} clicks do not fit {rows} rows")
+    out = np.full((rows, 3), -1, dtype=np.int16)
+    out[: len(ys)] = np.stack([points[ys, xs], ys, xs], axis=1)
+    return out
+
+
+def points_map(clicks, shape: tuple[int, int], ignore_index: int):
+    """(M, 3) clicks -> (H, W) int64 point-label map: ``ignore_index`` except at the clicks."""
+    points = np.full(shape, ignore_index, dtype=np.int64)
+    used = clicks[clicks[:, 0] >= 0]
+    points[used[:, 1], used[:, 2]] = used[:, 0]
+    return points
 
 
 def blosc():

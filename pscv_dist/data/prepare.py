@@ -163,22 +163,25 @@ def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str
         bar.close()
 
 
-def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: int, size: int) -> int:
+def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: int, size: int,
+                     per_class: int) -> int:
     """Concatenate the per-case parts into the sharded slice arrays, one shard buffer at a time."""
     n = sum(results[c]["n_slices"] for c in order)
     shard = fmt.SHARD_SLICES
-    spec = {fmt.SLICE_IMAGE: ("float32", (size, size)), fmt.SLICE_LABEL: ("uint8", (size, size)),
-            fmt.SLICE_POINTS: ("uint8", (size, size))}
+    spec = {fmt.SLICE_IMAGE: ("float32", (size, size)), fmt.SLICE_LABEL: ("uint8", (size, size))}
     arrays = {name: group.create_array(name, shape=(n, *hw), dtype=dt, chunks=(1, *hw), shards=(shard, *hw),
                                        compressors=fmt.blosc(), fill_value=0)
               for name, (dt, hw) in spec.items()}
+    clicks = np.full((n, k * per_class, 3), -1, dtype=np.int16)
     buffers = {name: np.zeros((shard, *hw), dtype=dt) for name, (dt, hw) in spec.items()}
     case_index, zs, present = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, k), bool)
     pos = fill = 0
     for ci, case in enumerate(order):
         with np.load(staging / "_parts" / f"{case}.npz") as part:
-            data = {fmt.SLICE_IMAGE: part["image"], fmt.SLICE_LABEL: part["label"], fmt.SLICE_POINTS: part["points"]}
+            data = {fmt.SLICE_IMAGE: part["image"], fmt.SLICE_LABEL: part["label"]}
             present[pos:pos + len(part["present"])] = part["present"]
+            for j, pts in enumerate(part["points"]):
+                clicks[pos + j] = fmt.clicks_from_map(pts, k, k * per_class)
         count = len(data[fmt.SLICE_IMAGE])
         case_index[pos:pos + count], zs[pos:pos + count] = ci, np.arange(count)
         done = 0
@@ -199,6 +202,8 @@ def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: i
     group.create_array(fmt.SLICE_CASE, data=case_index, chunks=(max(n, 1),), compressors=fmt.blosc())
     group.create_array(fmt.SLICE_Z, data=zs, chunks=(max(n, 1),), compressors=fmt.blosc())
     group.create_array(fmt.SLICE_PRESENT, data=present, chunks=(max(n, 1), k), compressors=fmt.blosc())
+    group.create_array(fmt.SLICE_CLICKS, data=clicks, chunks=clicks.shape if n else (1, k * per_class, 3),
+                       compressors=fmt.blosc())
     return n
 
 
@@ -251,7 +256,7 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
         (staging / "_parts").mkdir()
         results = _run_cases(sources, str(staging), classes, normalization, layout.remap, cfg)
         order = [s.case for s in sources]
-        n = _assemble_slices(group, staging, order, results, len(classes), cfg.size)
+        n = _assemble_slices(group, staging, order, results, len(classes), cfg.size, cfg.per_class)
         shutil.rmtree(staging / "_parts")
         cases, first = {}, 0
         for c in order:

@@ -39,7 +39,8 @@ class SliceStore:
                              f"{fmt.FORMAT_NAME!r} missing; was `pscv prepare` interrupted?)")
         self.meta = fmt.StoreMeta.from_json(raw, where=self.path)
         self._arrays = {name: self._group[name] for name in
-                        (fmt.SLICE_IMAGE, fmt.SLICE_LABEL, fmt.SLICE_POINTS)}
+                        (fmt.SLICE_IMAGE, fmt.SLICE_LABEL)}
+        self._clicks = np.asarray(self._group[fmt.SLICE_CLICKS][:])
         self._case_index = np.asarray(self._group[fmt.SLICE_CASE][:])
         self._z = np.asarray(self._group[fmt.SLICE_Z][:])
         self._present = np.asarray(self._group[fmt.SLICE_PRESENT][:])
@@ -87,6 +88,11 @@ class SliceStore:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     @property
+    def clicks(self) -> np.ndarray:
+        """(N, M, 3) int16: every slice's clicked pixels as (class, y, x), padding rows -1."""
+        return self._clicks
+
+    @property
     def present(self) -> np.ndarray:
         """(N, K) bool: classes present in each training slice."""
         return self._present
@@ -103,7 +109,7 @@ class SliceStore:
         return {
             "image": torch.from_numpy(np.asarray(self._arrays[fmt.SLICE_IMAGE][i]))[None],
             "label": torch.from_numpy(np.asarray(self._arrays[fmt.SLICE_LABEL][i]).astype(np.int64)),
-            "points": torch.from_numpy(np.asarray(self._arrays[fmt.SLICE_POINTS][i]).astype(np.int64)),
+            "points": torch.from_numpy(fmt.points_map(self._clicks[i], (self.size, self.size), self.ignore_index)),
             "present": torch.from_numpy(self._present[i].copy()),
             "case": self.cases[self._case_index[i]],
             "z": int(self._z[i]),

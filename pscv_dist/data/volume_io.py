@@ -44,6 +44,8 @@ def nifti_geometry(path: str | os.PathLike) -> Geometry:
         shape = shape[:3]
     if len(shape) != 3:
         raise DataError(f"{path}: expected a 3D volume, found shape {shape}")
+    if 0 in shape:
+        raise DataError(f"{path}: empty volume (shape {shape})")
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     return Geometry(shape=(shape[2], shape[1], shape[0]), spacing=(zooms[2], zooms[1], zooms[0]),
                     affine=np.asarray(img.affine, dtype=np.float64))
