@@ -1,0 +1,126 @@
+"""Distributed state and the collectives the method needs, in one place.
+
+The state is an explicit object (:class:`DistState`) handed to whoever needs it; nothing here keeps
+globals. ``init_distributed`` reuses a process group that already exists (Ray Train, a test
+harness), otherwise reads the torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class DistState:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # True when init_distributed created the group (and must destroy it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistState:
+    """Join (or create) the default process group: NCCL on CUDA, gloo on CPU, chosen automatically."""
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if dist.is_available() and dist.is_initialized():
+        return DistState(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), device, False)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return DistState(device=device)
+    backend = backend or ("nccl" if cuda else "gloo")
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistState(dist.get_rank(), dist.get_world_size(), local_rank, backend, device, True)
+
+
+def shutdown(state: DistState) -> None:
+    if state.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active(group) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient for this rank's slice
+    (reduce-scatter on NCCL; all-reduce then slice on gloo, which has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        world = dist.get_world_size(group)
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        group = ctx.group
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        grad = grad.contiguous()
+        n = grad.shape[0] // world
+        if dist.get_backend(group) == "nccl":
+            out = grad.new_empty((n, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad, group=group)
+            return out, None
+        dist.all_reduce(grad, group=group)
+        return grad[rank * n:(rank + 1) * n].clone(), None
+
+
+def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate ``x`` of every rank along dim 0 (rank order), with gradients flowing back to
+    the rank that owns each row. Identity without a process group. Every rank must pass the same
+    shape (the global batch is split exactly)."""
+    if not _active(group):
+        return x
+    return _GatherWithGrad.apply(x, group)
+
+
+def gather_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    if not _active(group):
+        return x
+    out = x.new_empty((dist.get_world_size(group) * x.shape[0], *x.shape[1:]))
+    dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+    return out
+
+
+def rank_in(group=None) -> tuple[int, int]:
+    """(rank, world size) within ``group`` (0, 1 without one)."""
+    if not _active(group):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def all_finite(value: torch.Tensor, group=None) -> bool:
+    """True when ``value`` is finite on EVERY rank (all-reduce MIN of the local flags)."""
+    flag = torch.isfinite(value.detach()).all().to(torch.int32).reshape(1)
+    if _active(group):
+        if dist.get_backend(group) == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
+
+
+def all_reduce_mean(value: torch.Tensor, group=None) -> torch.Tensor:
+    out = value.detach().clone()
+    if _active(group):
+        dist.all_reduce(out, group=group)
+        out /= dist.get_world_size(group)
+    return out

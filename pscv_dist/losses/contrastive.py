@@ -1,0 +1,104 @@
+"""The contrastive variance (CV) loss of PSCV, with negatives gathered across ranks.
+
+Reference: Annotation by Clicks: A Point-Supervised Contrastive Variance Method for Medical Semantic
+Segmentation (PSCV), Eq. 4-8; every choice the paper leaves open is fixed in docs/METHOD.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributed import gather_no_grad, gather_with_grad, rank_in
+from .functional import EPS, variance_maps
+
+CV_CLASSES = ("all", "foreground")
+
+
+def draw_positives(present: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """For each (n, k), one image m ≠ n with class k present, uniform among the candidates; -1 when
+    there is none. ``present`` is the GLOBAL (N, K) presence; the draw depends only on it and on
+    (seed, step), so every rank (and a one-process run on the concatenated batch) draws the same."""
+    n, k = present.shape
+    state = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0])
+    u = torch.rand((n, k), generator=torch.Generator().manual_seed(state), dtype=torch.float64)
+    u = u.to(present.device)
+    cand = present.T[None, :, :].expand(n, k, n).clone()  # cand[a, k, m] = present[m, k]
+    idx = torch.arange(n, device=present.device)
+    cand[idx, :, idx] = False  # m != n
+    count = cand.sum(-1)
+    choice = torch.minimum((u * count).floor().long(), (count - 1).clamp_min(0))
+    hit = (cand.long().cumsum(-1) == (choice + 1)[..., None]) & cand
+    return torch.where(count > 0, hit.long().argmax(-1), torch.full_like(count, -1))
+
+
+class ContrastiveVarianceLoss(nn.Module):
+    """Contrastive variance loss (PSCV Eq. 6-8), over the GLOBAL batch of all ranks.
+
+    For an anchor (n, k) (class k present in image n) with unit variance maps ẑ = z/‖z‖:
+    ``ℓ(n,k) = -s⁺/τ + logsumexp({s⁺/τ} ∪ {s⁻/τ})``, ``s⁺ = ẑ_k^n·ẑ_k^m`` for one image m ≠ n drawn
+    among the global images with k present (anchor skipped when there is none), ``s⁻ = ẑ_k^n·ẑ_j^i``
+    for every i ≠ n, j ≠ k with j present in i. Each rank returns Σ over its images' anchors / b
+    (its own batch size), so the mean over ranks is the one-process loss on the concatenated batch.
+
+    Args:
+        tau: temperature τ (default 0.07, the paper's).
+        seed: seeds the positive draw together with ``step``, identically on every rank.
+        gather_dtype: dtype of the maps sent between ranks (``torch.bfloat16`` halves the bytes);
+            None sends them in their own dtype.
+        process_group: the group to gather over; None = the default group when initialised.
+        classes: ``all`` (background included; it has a click too) or ``foreground``.
+        eps: guards the class mean and the cosine norm.
+
+    Raises:
+        ValueError: bad options, shape mismatches, non-bool ``present``, non-finite ``probs``.
+    """
+
+    def __init__(self, tau: float = 0.07, seed: int = 0, gather_dtype: torch.dtype | None = None,
+                 process_group=None, classes: str = "all", eps: float = EPS):
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if classes not in CV_CLASSES:
+            raise ValueError(f"classes must be one of {CV_CLASSES}, got {classes!r}")
+        if gather_dtype is not None and not gather_dtype.is_floating_point:
+            raise ValueError(f"gather_dtype must be a floating dtype, got {gather_dtype}")
+        self.tau, self.seed, self.gather_dtype = float(tau), int(seed), gather_dtype
+        self.process_group, self.classes, self.eps = process_group, classes, float(eps)
+
+    def forward(self, probs: torch.Tensor, images: torch.Tensor, present: torch.Tensor, step: int) -> torch.Tensor:
+        if present.dtype != torch.bool or present.shape != probs.shape[:2]:
+            raise ValueError(f"present must be bool (B, K) = {tuple(probs.shape[:2])}, got "
+                             f"{present.dtype} {tuple(present.shape)}")
+        if not torch.isfinite(probs).all():
+            raise ValueError("probs contains NaN or inf")
+        z = variance_maps(probs, images, self.eps)  # (b, K, D)
+        if self.classes == "foreground":
+            z, present = z[:, 1:], present[:, 1:]
+        b, k, d = z.shape
+        zn = F.normalize(z, dim=-1, eps=self.eps)
+        sent = zn if self.gather_dtype is None else zn.to(self.gather_dtype)
+        all_z = gather_with_grad(sent, self.process_group).to(zn.dtype)  # (N, K, D)
+        all_p = gather_no_grad(present.to(torch.uint8), self.process_group).bool()
+        rank, _ = rank_in(self.process_group)
+        rows = torch.arange(rank * b, (rank + 1) * b, device=zn.device)
+
+        pos = draw_positives(all_p, self.seed, step)[rows]  # (b, K) global image index or -1
+        valid = (present & (pos >= 0)).reshape(-1)
+        if not valid.any():
+            return zn.sum() * 0.0
+        anchors = valid.nonzero().squeeze(1)  # flat (n_local * K + k)
+        a_img, a_cls = rows[anchors // k], anchors % k
+        sim = zn.reshape(b * k, d)[anchors] @ all_z.reshape(-1, d).T / self.tau  # (A, N*K)
+        n_all = all_p.shape[0]
+        col_img = torch.arange(n_all, device=zn.device).repeat_interleave(k)
+        col_cls = torch.arange(k, device=zn.device).repeat(n_all)
+        negative = (all_p.reshape(-1)[None, :] & (col_img[None, :] != a_img[:, None])
+                    & (col_cls[None, :] != a_cls[:, None]))
+        pos_col = pos.reshape(-1)[anchors] * k + a_cls
+        keep = negative.clone()
+        keep[torch.arange(len(anchors), device=zn.device), pos_col] = True
+        lse = torch.logsumexp(sim.masked_fill(~keep, float("-inf")), dim=1)
+        s_pos = sim.gather(1, pos_col[:, None]).squeeze(1)
+        return (lse - s_pos).sum() / b

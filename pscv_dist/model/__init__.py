@@ -1,0 +1,4 @@
+"""The segmentation network."""
+from .unet import UNet
+
+__all__ = ["UNet"]
