@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import gather_no_grad, gather_with_grad, rank_in
+from ..distributed import all_finite, gather_no_grad, gather_with_grad, rank_in
 from .functional import EPS, variance_maps
 
 CV_CLASSES = ("all", "foreground")
@@ -71,23 +71,24 @@ class ContrastiveVarianceLoss(nn.Module):
         if present.dtype != torch.bool or present.shape != probs.shape[:2]:
             raise ValueError(f"present must be bool (B, K) = {tuple(probs.shape[:2])}, got "
                              f"{present.dtype} {tuple(present.shape)}")
-        if not torch.isfinite(probs).all():
-            raise ValueError("probs contains NaN or inf")
+        if not all_finite(probs, self.process_group):  # agreed by all ranks, so all raise together
+            raise ValueError("probs contains NaN or inf (on this rank or another)")
         z = variance_maps(probs, images, self.eps)  # (b, K, D)
-        if self.classes == "foreground":
-            z, present = z[:, 1:], present[:, 1:]
-        b, k, d = z.shape
+        all_p = gather_no_grad(present.to(torch.uint8), self.process_group).bool()
+        rank, _ = rank_in(self.process_group)
+        b = z.shape[0]
+        rows = torch.arange(rank * b, (rank + 1) * b, device=z.device)
+        pos = draw_positives(all_p, self.seed, step)[rows]  # (b, K) global image index or -1
+        if self.classes == "foreground":  # drawn on all classes first: the same positives either way
+            z, present, all_p, pos = z[:, 1:], present[:, 1:], all_p[:, 1:], pos[:, 1:]
+        k, d = z.shape[1:]
         zn = F.normalize(z, dim=-1, eps=self.eps)
         sent = zn if self.gather_dtype is None else zn.to(self.gather_dtype)
         all_z = gather_with_grad(sent, self.process_group).to(zn.dtype)  # (N, K, D)
-        all_p = gather_no_grad(present.to(torch.uint8), self.process_group).bool()
-        rank, _ = rank_in(self.process_group)
-        rows = torch.arange(rank * b, (rank + 1) * b, device=zn.device)
-
-        pos = draw_positives(all_p, self.seed, step)[rows]  # (b, K) global image index or -1
         valid = (present & (pos >= 0)).reshape(-1)
         if not valid.any():
-            return zn.sum() * 0.0
+            # still through the gathered maps: every rank must run the gather's backward collective
+            return all_z.sum() * 0.0 + zn.sum() * 0.0
         anchors = valid.nonzero().squeeze(1)  # flat (n_local * K + k)
         a_img, a_cls = rows[anchors // k], anchors % k
         sim = zn.reshape(b * k, d)[anchors] @ all_z.reshape(-1, d).T / self.tau  # (A, N*K)

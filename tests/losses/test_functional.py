@@ -1,0 +1,80 @@
+"""Functional loss pieces against hand-worked values and independent computations."""
+import math
+
+import pytest
+import torch
+
+from pscv_dist.losses import (entropy_minimization, mumford_shah, partial_cross_entropy, soft_dice_loss,
+                              total_variation, variance_maps)
+
+
+def test_pce_averages_over_labelled_pixels_only():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # B=1, K=2, H=1, W=2
+    points = torch.tensor([[[0, 2]]])  # pixel 0 labelled class 0, pixel 1 ignored (ignore_index 2)
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert partial_cross_entropy(logits, points, 2).item() == pytest.approx(expected)
+
+
+def test_pce_without_labels_is_zero_not_nan():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = partial_cross_entropy(logits, torch.full((2, 4, 4), 3), 3)
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(logits.grad).all()
+
+
+def test_variance_maps_by_hand():
+    # I = (0, 1); class 0 probs (0.8, 0.2): c = 0.2, z = (0.04*0.8, 0.64*0.2)
+    probs = torch.tensor([[[[0.8, 0.2]], [[0.2, 0.8]]]], dtype=torch.float64)
+    images = torch.tensor([[[[0.0, 1.0]]]], dtype=torch.float64)
+    z = variance_maps(probs, images)
+    torch.testing.assert_close(z[0, 0], torch.tensor([0.032, 0.128], dtype=torch.float64))
+    torch.testing.assert_close(z[0, 1], torch.tensor([0.128, 0.032], dtype=torch.float64))
+
+
+def test_variance_maps_gradient_flows_through_the_class_mean():
+    probs = torch.rand(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    images = torch.rand(1, 1, 3, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: variance_maps(p, images), (probs,))
+
+
+def test_total_variation_by_hand():
+    p = torch.zeros(2, 2, 2, 2)
+    p[0, 0] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # |1-0| down + |1-0| right = 2
+    p[1, 1] = torch.tensor([[0.0, 0.0], [0.5, 0.5]])  # two vertical steps of 0.5 = 1
+    assert total_variation(p).item() == pytest.approx((2 + 1) / 2)
+
+
+def test_mumford_shah_is_summed_variance_maps():
+    probs = torch.tensor([[[[0.8, 0.2]], [[0.2, 0.8]]]])
+    images = torch.tensor([[[[0.0, 1.0]]]])
+    assert mumford_shah(probs, images).item() == pytest.approx(0.032 + 0.128 + 0.128 + 0.032, rel=1e-6)
+
+
+def test_entropy_minimization_bounds():
+    uniform = torch.full((1, 4, 2, 2), 0.25)
+    assert entropy_minimization(uniform).item() == pytest.approx(1.0)
+    onehot = torch.zeros(1, 4, 2, 2)
+    onehot[:, 2] = 1
+    assert entropy_minimization(onehot).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_soft_dice_perfect_and_disjoint():
+    label = torch.tensor([[[0, 1], [1, 0]]])
+    perfect = torch.nn.functional.one_hot(label, 2).permute(0, 3, 1, 2).float()
+    assert soft_dice_loss(perfect, label, [1]).item() == pytest.approx(0.0, abs=1e-5)
+    assert soft_dice_loss(1 - perfect, label, [1]).item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("fn", [variance_maps, mumford_shah])
+def test_ill_shape_names_both_shapes(fn):
+    with pytest.raises(ValueError, match=r"\(2, 1, 4, 4\).*\(2, 3, 4, 4\)|\(2, 3, 4, 4\).*\(2, 1, 5, 4\)"):
+        fn(torch.rand(2, 3, 4, 4), torch.rand(2, 1, 5, 4))
+
+
+def test_ill_inputs():
+    with pytest.raises(ValueError, match="int64"):
+        partial_cross_entropy(torch.rand(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="points must be"):
+        partial_cross_entropy(torch.rand(1, 2, 2, 2), torch.zeros(1, 3, 2, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="probs must be"):
+        total_variation(torch.rand(2, 2, 2))
