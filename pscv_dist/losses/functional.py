@@ -55,6 +55,12 @@ def variance_maps(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -
     return (x - c) ** 2 * p
 
 
+def unit_variance_maps(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Variance maps scaled to unit L2 norm, ``ẑ = z / max(‖z‖, eps)`` (the eps-safe cosine's input):
+    (B, K, H·W). Pure elementwise work plus two reductions, so ``torch.compile`` fuses it."""
+    return F.normalize(variance_maps(probs, images, eps), dim=-1, eps=eps)
+
+
 def total_variation(probs: torch.Tensor) -> torch.Tensor:
     """TV (PSCV Eq. 3/6, second term): per image ``Σ_k Σ_r |Ŷ_k(r) - Ŷ_k(r+down)| + |Ŷ_k(r) -
     Ŷ_k(r+right)|`` (forward differences inside the image), averaged over images."""

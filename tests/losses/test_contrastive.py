@@ -138,3 +138,16 @@ def test_ill_options_and_shapes():
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         loss(nan, torch.rand(2, 1, 4, 4), torch.ones(2, 3, dtype=torch.bool), 0)
+
+
+@pytest.mark.slow
+def test_compiled_variance_maps_match_eager():
+    probs, images, present = _random_case(b=4, k=3, h=8, w=8, seed=6, dtype=torch.float32)
+    a = probs.clone().requires_grad_(True)
+    c = probs.clone().requires_grad_(True)
+    eager = ContrastiveVarianceLoss(tau=0.1)(a, images, present, 3)
+    compiled = ContrastiveVarianceLoss(tau=0.1, compile=True)(c, images, present, 3)
+    eager.backward()
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c.grad, a.grad, rtol=1e-4, atol=1e-6)
