@@ -57,6 +57,31 @@ def _cmd_inspect(args) -> int:
     return 1 if summary.get("verify_failed") else 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .eval.run import run_evaluation
+
+    run_evaluation(args.checkpoint, args.store, args.split, args.convention, args.edge_filter, args.out, args.plots)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .eval.predict import predict_files
+
+    if bool(args.checkpoint) == bool(args.model_uri):
+        raise ValueError("give exactly one of --checkpoint CKPT or --model-uri models:/NAME@ALIAS")
+    if args.checkpoint:
+        from .checkpoint import load_model
+
+        model, meta = load_model(args.checkpoint)
+    else:
+        from .tracking import load_registered_model
+
+        model, meta = load_registered_model(args.model_uri)
+    for path in predict_files(model, meta, args.input, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pscv", description="Point-supervised contrastive variance segmentation")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -85,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--verify", action="store_true", help="recompute every case's content hash")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("evaluate", help="3D DSC / HD95 of a checkpoint on a split (torchrun-aware)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder or its model.pt")
+    p.add_argument("--store", required=True)
+    p.add_argument("--split", required=True, help="e.g. test, fold0/val, all")
+    p.add_argument("--convention", choices=["strict", "literature"], default="strict")
+    p.add_argument("--edge-filter", type=int, default=0, metavar="PIXELS",
+                   help="set the PIXELS columns nearest the left/right edges to background (Synapse: 50)")
+    p.add_argument("--out", help="write results.json here")
+    p.add_argument("--plots", help="folder for the box plot and best/worst overlays")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment NIfTI volumes (file or folder)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--model-uri", help="an MLflow registry URI, e.g. models:/pscv@champion")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

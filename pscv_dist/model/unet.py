@@ -71,6 +71,7 @@ class UNet(nn.Module):
         if upsample not in UPSAMPLE:
             raise ValueError(f"upsample must be one of {UPSAMPLE}, got {upsample!r}")
         self.depth, self.num_classes, self.in_channels = depth, num_classes, in_channels
+        self.base_width, self.dropout, self.upsample = base_width, dropout, upsample
         ch = [base_width * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList([ConvBlock(in_channels, ch[0], dropout[0])] +
                                      [ConvBlock(ch[i - 1], ch[i], dropout[i]) for i in range(1, depth + 1)])

@@ -1,0 +1,66 @@
+"""Evaluation of a model on a store's split, distributed over ranks (cases split, results gathered,
+no case counted twice)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..data import SliceStore
+from ..distributed import DistState
+from .inference import predict_volume
+from .metrics import CONVENTIONS, case_metrics, edge_filter, summarize
+
+log = logging.getLogger(__name__)
+
+
+def check_compatible(meta: dict[str, Any], store: SliceStore, where: str = "checkpoint") -> None:
+    """The model must predict the store's classes."""
+    k = meta["model"]["num_classes"]
+    if k != store.num_classes:
+        raise ValueError(f"{where}: model predicts {k} classes {meta.get('classes')}, but store {store.path} "
+                         f"has {store.num_classes} classes {store.classes}")
+
+
+def _gather_objects(local: list, state: DistState | None) -> list:
+    if state is None or not state.distributed:
+        return list(local)
+    parts: list[list | None] = [None] * state.world_size
+    dist.all_gather_object(parts, local)
+    return [item for part in parts for item in part]  # type: ignore[union-attr]
+
+
+def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: int, convention: str = "strict",
+             edge_pixels: int = 0, state: DistState | None = None, device="cpu", progress: bool = False,
+             keep_predictions: bool = False) -> dict[str, Any]:
+    """Per-case and class-averaged 3D Dice / HD95 of ``cases``. Rank r evaluates cases[r::W]."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
+    rank, world = (state.rank, state.world_size) if state is not None else (0, 1)
+    mine = cases[rank::world]
+    local, preds = [], {}
+    from tqdm.auto import tqdm
+
+    for case in tqdm(mine, desc="evaluate", unit="vol", disable=not (progress and rank == 0)):
+        vol = store.volume(case)
+        pred = edge_filter(predict_volume(model, vol["image"], size, device=device), edge_pixels)
+        local.append({"case": case, **case_metrics(pred, vol["label"], store.classes, convention, vol["spacing"])})
+        if keep_predictions:
+            preds[case] = pred
+    order = {c: i for i, c in enumerate(cases)}
+    per_case = sorted(_gather_objects(local, state), key=lambda r: order[r["case"]])
+    if [r["case"] for r in per_case] != list(cases):
+        raise RuntimeError("distributed evaluation lost or duplicated a case")
+    out = {**summarize(per_case, store.classes), "per_case": per_case, "convention": convention,
+           "edge_filter": edge_pixels, "n_cases": len(cases)}
+    if keep_predictions:
+        out["_predictions"] = preds
+    return out
+
+
+def case_mean_dsc(entry: dict[str, Any]) -> float:
+    vals = [v["dsc"] for k, v in entry.items() if k != "case" and v is not None]
+    return float(np.mean(vals)) if vals else float("nan")

@@ -1,0 +1,24 @@
+"""Slice-by-slice prediction of a volume, exactly as METHOD.md's evaluation protocol says: resize
+each slice to the training size (bilinear), argmax of the network, resize back (nearest)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.volumes import resize_image, resize_label
+
+
+@torch.no_grad()
+def predict_volume(model: torch.nn.Module, image: np.ndarray, size: int, batch_size: int = 16,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """(Z, H, W) normalised image -> (Z, H, W) uint8 label map at the native resolution."""
+    if image.ndim != 3:
+        raise ValueError(f"expected a (Z, H, W) volume, got shape {image.shape}")
+    model.eval()
+    z, h, w = image.shape
+    resized = resize_image(image, (size, size))
+    out = np.empty((z, size, size), dtype=np.uint8)
+    for start in range(0, z, batch_size):
+        x = torch.from_numpy(resized[start:start + batch_size])[:, None].to(device)
+        out[start:start + batch_size] = model(x).argmax(1).to(torch.uint8).cpu().numpy()
+    return resize_label(out, (h, w))
