@@ -82,6 +82,19 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train import main as train_main
+
+    return train_main((["--config", args.config] if args.config else []) + args.overrides)
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, workers=args.nproc, iterations=args.iterations)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pscv", description="Point-supervised contrastive variance segmentation")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -121,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write results.json here")
     p.add_argument("--plots", help="folder for the box plot and best/worst overlays")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train (also: torchrun ... -m pscv_dist.train)")
+    p.add_argument("--config")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="phantoms -> store -> 2-rank training -> evaluation -> MLflow, on CPU")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=None)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("predict", help="segment NIfTI volumes (file or folder)")
     p.add_argument("--checkpoint")

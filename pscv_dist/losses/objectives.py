@@ -81,11 +81,11 @@ class PSCV(Objective):
 
     def __init__(self, num_classes, ignore_index, lambda_cv: float = 1e-3, mu: float = 1e-5, tau: float = 0.07,
                  cv_classes: str = "all", seed: int = 0, gather_dtype: torch.dtype | None = None,
-                 process_group=None):
+                 process_group=None, compile: bool = False):
         super().__init__(num_classes, ignore_index)
         self.lambda_cv, self.mu = lambda_cv, mu
         self.cv = ContrastiveVarianceLoss(tau=tau, seed=seed, gather_dtype=gather_dtype,
-                                          process_group=process_group, classes=cv_classes)
+                                          process_group=process_group, classes=cv_classes, compile=compile)
 
     def forward(self, logits, batch, step):
         probs = logits.float().softmax(1)

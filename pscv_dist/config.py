@@ -1,0 +1,262 @@
+"""Typed, validated training configuration: YAML file + dotted ``key=value`` overrides.
+
+Every section is a dataclass validated in ``__post_init__``; an unknown key or an invalid value is
+refused before anything starts, naming the key, the value and what is allowed. ``to_dict`` goes
+straight to MLflow params, Ray Tune search spaces and Kubernetes args alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the trainer refuses to start with."""
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; expected one of {list(allowed)}")
+
+
+def _range(key: str, value, lo=None, hi=None, lo_open=False) -> None:
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+        bound = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
+        bound += (" and " if bound and hi is not None else "") + (f"<= {hi}" if hi is not None else "")
+        raise ConfigError(f"{key}={value!r} is out of range; expected {bound}")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    store: str = ""
+    train_split: str = "all"
+    val_split: str | None = None
+    batch_size: int = 12  # GLOBAL batch, split exactly across ranks
+    num_workers: int = 2
+    prefetch: int = 2
+
+    def __post_init__(self):
+        _range("data.batch_size", self.batch_size, 1)
+        _range("data.num_workers", self.num_workers, 0)
+        _range("data.prefetch", self.prefetch, 1)
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    backend: str = "kornia"  # kornia | dali | none
+    p_rot90_flip: float = 0.5
+    p_rotate: float = 0.5
+    max_angle: float = 20.0
+
+    def __post_init__(self):
+        _choice("augment.backend", self.backend, ("kornia", "dali", "none"))
+        _range("augment.p_rot90_flip", self.p_rot90_flip, 0, 1)
+        _range("augment.p_rotate", self.p_rotate, 0, 1)
+        _range("augment.max_angle", self.max_angle, 0, 180)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    base_width: int = 16
+    depth: int = 4
+    dropout: list[float] | None = None
+    upsample: str = "transpose"
+    channels_last: bool = True
+    sync_bn: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        _range("model.base_width", self.base_width, 1)
+        _range("model.depth", self.depth, 1, 7)
+        _choice("model.upsample", self.upsample, ("transpose", "bilinear"))
+
+
+@dataclasses.dataclass
+class LossConfig:
+    name: str = "pscv"  # pce | entmini | ms | pscv | fullsup
+    lambda_cv: float = 1e-3
+    lambda_cv_warmup: int = 0  # iterations of linear warm-up of λ_cv (0 = none)
+    mu: float = 1e-5
+    tau: float = 0.07
+    cv_classes: str = "all"
+    gather_dtype: str = "float32"
+    lambda_ms: float = 1e-3
+    lambda_ent: float = 0.1
+
+    def __post_init__(self):
+        _choice("loss.name", self.name, ("pce", "entmini", "ms", "pscv", "fullsup"))
+        _range("loss.lambda_cv", self.lambda_cv, 0)
+        _range("loss.lambda_cv_warmup", self.lambda_cv_warmup, 0)
+        _range("loss.mu", self.mu, 0)
+        _range("loss.tau", self.tau, 0, lo_open=True)
+        _choice("loss.cv_classes", self.cv_classes, ("all", "foreground"))
+        _choice("loss.gather_dtype", self.gather_dtype, ("float32", "bfloat16"))
+        _range("loss.lambda_ms", self.lambda_ms, 0)
+        _range("loss.lambda_ent", self.lambda_ent, 0)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    poly_power: float = 0.9
+
+    def __post_init__(self):
+        _range("optim.lr", self.lr, 0, lo_open=True)
+        _range("optim.momentum", self.momentum, 0, 1)
+        _range("optim.weight_decay", self.weight_decay, 0)
+        _range("optim.poly_power", self.poly_power, 0)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    iterations: int = 60000
+    grad_accum: int = 1
+    seed: int = 0
+    engine: str = "ddp"  # ddp | deepspeed
+    zero_stage: int = 0
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    out_dir: str = "runs/pscv"
+    log_every: int = 20
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    progress: bool = True
+
+    def __post_init__(self):
+        _range("train.iterations", self.iterations, 1)
+        _range("train.grad_accum", self.grad_accum, 1)
+        _choice("train.engine", self.engine, ("ddp", "deepspeed"))
+        _choice("train.zero_stage", self.zero_stage, (0, 1, 2))
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        for key in ("log_every", "val_every", "ckpt_every"):
+            _range(f"train.{key}", getattr(self, key), 0)
+        _range("train.keep_last", self.keep_last, 1)
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # default: sqlite:///<out_dir>/mlflow.db
+    artifact_location: str | None = None  # default: <out_dir>/mlartifacts
+    experiment: str = "pscv"
+    run_name: str | None = None
+    register_model: str | None = None  # registered model name; alias "latest" set on it
+    image_every: int = 0  # log validation overlays every N validations (0 = only the last)
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"loss.lambda_cv": 0.001, ...}`` for MLflow params and Ray Tune."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+def _coerce(key: str, value: Any, typ) -> Any:
+    """Check (and gently convert: YAML ints for floats, strings from the command line) a value."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(key, value, inner)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        return [_coerce(key, v, args[0]) for v in value]
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if typ is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{key}={value!r}: expected an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if typ is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}={value!r}: expected a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    return value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a validated Config; unknown sections or keys raise :class:`ConfigError`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built = {}
+    for name, body in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section {name!r}; expected one of {sorted(sections)}")
+        cls = typing.get_type_hints(Config)[name]
+        hints = typing.get_type_hints(cls)
+        body = body or {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"section {name!r} must be a mapping, got {body!r}")
+        for key in body:
+            if key not in hints:
+                raise ConfigError(f"unknown config key {name}.{key}; {name} has {sorted(hints)}")
+        built[name] = cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in body.items()})
+    return Config(**built)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars) to a raw dict."""
+    out = {k: dict(v or {}) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    return from_dict(apply_overrides(raw, overrides or []))

@@ -1,0 +1,177 @@
+"""Training engines: DDP (default) and DeepSpeed, behind one small interface.
+
+Both get the project's own model, SGD optimizer and poly schedule; both run the same loss and the
+same NaN guard (every rank's "finite" flag all-reduced before the optimizer step). bf16 autocast
+on CUDA (``train.precision=auto``), fp32 on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+from .distributed import DistState, all_finite
+
+log = logging.getLogger(__name__)
+
+
+def poly_lambda(iterations: int, power: float):
+    """Poly LR (PSCV protocol): lr · (1 - it / max)^power."""
+    return lambda it: max(0.0, 1.0 - it / iterations) ** power
+
+
+def build_optimizer(model: nn.Module, cfg: Config):
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(cfg.train.iterations, cfg.optim.poly_power))
+    return opt, sched
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    if cfg.train.precision == "fp32" or (cfg.train.precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+class Engine:
+    """``forward``, ``backward``, ``step`` (returns False when a rank saw a non-finite loss)."""
+
+    def __init__(self, model: nn.Module, cfg: Config, state: DistState):
+        self.cfg, self.state = cfg, state
+        self.amp = autocast_dtype(cfg, state.device)
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.state.device.type, dtype=self.amp)
+
+    @property
+    def module(self) -> nn.Module:
+        raise NotImplementedError
+
+
+class DDPEngine(Engine):
+    def __init__(self, model: nn.Module, cfg: Config, state: DistState):
+        super().__init__(model, cfg, state)
+        self.raw = model
+        if cfg.model.sync_bn and state.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.raw = model
+        self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        if state.distributed:
+            kwargs = {"device_ids": [state.device.index]} if state.device.type == "cuda" else {}
+            model = nn.parallel.DistributedDataParallel(model, **kwargs)
+        self.model = torch.compile(model) if cfg.model.compile else model
+        self._micro = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self.raw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(x)
+
+    def no_sync(self, last_micro: bool):
+        if not last_micro and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        (loss / self.cfg.train.grad_accum).backward()
+
+    def step(self, loss_finite: torch.Tensor) -> bool:
+        if not all_finite(loss_finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, sd: dict[str, Any], ckpt_dir: Path | None = None) -> None:
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.scheduler.load_state_dict(sd["scheduler"])
+
+    def save_engine(self, path: Path) -> None:
+        """DDP keeps everything in train_state.pt."""
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed with the project's own optimizer and scheduler, ZeRO stage 0-2.
+
+    DeepSpeed runs the gradient accumulation itself (``gradient_accumulation_steps``); the NaN guard
+    runs before ``engine.step()`` on the accumulation boundary."""
+
+    def __init__(self, model: nn.Module, cfg: Config, state: DistState, local_batch: int):
+        super().__init__(model, cfg, state)
+        import deepspeed
+
+        self.raw = model
+        optimizer, scheduler = build_optimizer(model, cfg)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": local_batch,
+            "gradient_accumulation_steps": cfg.train.grad_accum,
+            "zero_optimization": {"stage": cfg.train.zero_stage},
+            "bf16": {"enabled": self.amp is not None and state.device.type == "cuda"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            dist_init_required=False)
+        self.amp = None  # DeepSpeed's bf16 mode casts the model itself
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.engine(x.to(next(self.engine.module.parameters()).dtype))
+
+    def no_sync(self, last_micro: bool):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        self.engine.backward(loss)  # scales by 1/grad_accum itself
+        if not last_micro:
+            self.engine.step()  # inside an accumulation cycle: DeepSpeed only counts the micro-step
+
+    def step(self, loss_finite: torch.Tensor) -> bool:
+        if not all_finite(loss_finite):  # the run stops: no need to re-align DeepSpeed's counters
+            self.engine.zero_grad()
+            return False
+        self.engine.step()
+        return True
+
+    @property
+    def lr(self) -> float:
+        return self.engine.get_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, sd: dict[str, Any], ckpt_dir: Path | None = None) -> None:
+        if ckpt_dir is not None:
+            self.engine.load_checkpoint(str(ckpt_dir / "engine"), tag="state", load_module_strict=True)
+
+    def save_engine(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path / "engine"), tag="state", save_latest=False)
+
+
+def build_engine(model: nn.Module, cfg: Config, state: DistState, local_batch: int) -> Engine:
+    if cfg.train.engine == "deepspeed":
+        return DeepSpeedEngine(model, cfg, state, local_batch)
+    return DDPEngine(model, cfg, state)
