@@ -24,6 +24,7 @@ from .eval.evaluate import evaluate
 from .losses import build_objective
 from .model import UNet
 from .tracking import Tracker
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,9 @@ class Trainer:
                 self.tracker.artifact(str(p), artifact_path=f"overlays/step_{self.step:08d}")
 
     def fit(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         cfg, total = self.cfg, self.cfg.train.iterations
         it = self.batches()
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="it",
+        bar = progress(total=total, initial=self.step, desc="train", unit="it",
                    disable=not (self.state.is_main and cfg.train.progress))
         n_val, t0, seen, last_val = 0, time.perf_counter(), 0, None
         status = "FAILED"

@@ -26,6 +26,7 @@ from .checks import check_case, check_normalized
 from .sources import CaseSource, Layout, discover
 from .volume_io import DataError
 from .volumes import NORMALIZATIONS, normalize_intensity, resize_image, resize_label, volume_points
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 SAMPLE_VOXELS = 10_000
@@ -137,10 +138,8 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
 
 
 def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str, dict]:
-    from tqdm.auto import tqdm
-
     results: dict[str, dict] = {}
-    bar = tqdm(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
+    bar = progress(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
     args = (staging, classes, normalization, remap, cfg)
     try:
         if cfg.workers == 1:

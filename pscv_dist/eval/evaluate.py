@@ -13,6 +13,7 @@ from ..data import SliceStore
 from ..distributed import DistState
 from .inference import predict_volume
 from .metrics import CONVENTIONS, case_metrics, edge_filter, summarize
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: 
     rank, world = (state.rank, state.world_size) if state is not None else (0, 1)
     mine = cases[rank::world]
     local, preds = [], {}
-    from tqdm.auto import tqdm
-
-    for case in tqdm(mine, desc="evaluate", unit="vol", disable=not (progress and rank == 0)):
+    for case in progress(iterable=mine, desc="evaluate", unit="vol", disable=not (progress and rank == 0)):
         vol = store.volume(case)
         pred = edge_filter(predict_volume(model, vol["image"], size, device=device), edge_pixels)
         local.append({"case": case, **case_metrics(pred, vol["label"], store.classes, convention, vol["spacing"])})
