@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 
-def progress(**kwargs):
+def progress_bar(**kwargs):
     from tqdm.auto import tqdm
 
     kwargs.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)

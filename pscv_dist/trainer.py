@@ -24,7 +24,7 @@ from .eval.evaluate import evaluate
 from .losses import build_objective
 from .model import UNet
 from .tracking import Tracker
-from .progress import progress
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, total = self.cfg, self.cfg.train.iterations
         it = self.batches()
-        bar = progress(total=total, initial=self.step, desc="train", unit="it",
+        bar = progress_bar(total=total, initial=self.step, desc="train", unit="it",
                    disable=not (self.state.is_main and cfg.train.progress))
         n_val, t0, seen, last_val = 0, time.perf_counter(), 0, None
         status = "FAILED"

@@ -26,7 +26,7 @@ from .checks import check_case, check_normalized
 from .sources import CaseSource, Layout, discover
 from .volume_io import DataError
 from .volumes import NORMALIZATIONS, normalize_intensity, resize_image, resize_label, volume_points
-from ..progress import progress
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 SAMPLE_VOXELS = 10_000
@@ -139,7 +139,7 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
 
 def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str, dict]:
     results: dict[str, dict] = {}
-    bar = progress(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
+    bar = progress_bar(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
     args = (staging, classes, normalization, remap, cfg)
     try:
         if cfg.workers == 1:

@@ -13,7 +13,7 @@ from ..data import SliceStore
 from ..distributed import DistState
 from .inference import predict_volume
 from .metrics import CONVENTIONS, case_metrics, edge_filter, summarize
-from ..progress import progress
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: 
     rank, world = (state.rank, state.world_size) if state is not None else (0, 1)
     mine = cases[rank::world]
     local, preds = [], {}
-    for case in progress(iterable=mine, desc="evaluate", unit="vol", disable=not (progress and rank == 0)):
+    for case in progress_bar(iterable=mine, desc="evaluate", unit="vol", disable=not (progress and rank == 0)):
         vol = store.volume(case)
         pred = edge_filter(predict_volume(model, vol["image"], size, device=device), edge_pixels)
         local.append({"case": case, **case_metrics(pred, vol["label"], store.classes, convention, vol["spacing"])})

@@ -10,7 +10,7 @@ import torch
 from ..data.volume_io import DataError, read_nifti, write_nifti_like
 from ..data.volumes import normalize_intensity
 from .inference import predict_volume
-from ..progress import progress
+from ..progress import progress_bar
 
 NII = re.compile(r"\.nii(\.gz)?$")
 
@@ -36,7 +36,7 @@ def predict_files(model: torch.nn.Module, meta: dict[str, Any], src: str | Path,
     """Predict every input volume; each output is written atomically. Returns the outputs."""
     pairs = _pairs(Path(src), Path(dst))
     written = []
-    for inp, out in progress(iterable=pairs, desc="predict", unit="vol", disable=not progress):
+    for inp, out in progress_bar(iterable=pairs, desc="predict", unit="vol", disable=not progress):
         image, _ = read_nifti(inp)
         image = normalize_intensity(image, meta["normalization"]["mode"])
         pred = predict_volume(model.to(device), image, meta["size"], device=device)
