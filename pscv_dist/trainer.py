@@ -22,6 +22,7 @@ from .distributed import DistState, all_reduce_mean
 from .engine import build_engine
 from .eval.evaluate import evaluate
 from .losses import build_objective
+from .losses.contrastive import NonFiniteInput
 from .model import UNet
 from .tracking import Tracker
 from .progress import progress_bar
@@ -156,7 +157,11 @@ class Trainer:
                 image = image.contiguous(memory_format=torch.channels_last)
             with self.engine.no_sync(micro == accum - 1):
                 logits = self.engine.forward(image).float()
-                terms = self.objective(logits, batch, stream_step)
+                try:
+                    terms = self.objective(logits, batch, stream_step)
+                except NonFiniteInput:  # the CV term saw NaN/inf network outputs on some rank
+                    finite = torch.tensor(float("nan"))
+                    break
                 self.engine.backward(terms["loss"], micro == accum - 1)
             loss = terms["loss"].detach()
             finite = loss if finite is None else finite + loss

@@ -15,6 +15,10 @@ from .functional import EPS, unit_variance_maps
 CV_CLASSES = ("all", "foreground")
 
 
+class NonFiniteInput(ValueError):
+    """``probs`` held NaN or inf on some rank (every rank raises it together)."""
+
+
 def draw_positives(present: torch.Tensor, seed: int, step: int) -> torch.Tensor:
     """For each (n, k), one image m ≠ n with class k present, uniform among the candidates; -1 when
     there is none. ``present`` is the GLOBAL (N, K) presence; the draw depends only on it and on
@@ -77,7 +81,7 @@ class ContrastiveVarianceLoss(nn.Module):
         # finite inputs give a finite loss (every division is eps-guarded); the flag is agreed by all
         # ranks so that all raise together instead of leaving the others waiting in a collective
         if not all_finite(loss, self.process_group):
-            raise ValueError("probs contains NaN or inf (on this rank or another)")
+            raise NonFiniteInput("probs contains NaN or inf (on this rank or another)")
         return loss
 
     def _loss(self, probs, images, present, step):
