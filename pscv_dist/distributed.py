@@ -45,7 +45,18 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     if world <= 1:
         return DistState(device=device)
     backend = backend or ("nccl" if cuda else "gloo")
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+        # torchrun keeps one agent store across restarts and its env:// path adds no per-attempt
+        # prefix: a restarted rank would read a dead peer's gloo address. Namespace by attempt.
+        rank = int(os.environ["RANK"])
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=not agent and rank == 0, timeout=timeout, multi_tenant=not agent)
+        store = dist.PrefixStore(f"pscv/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
     return DistState(dist.get_rank(), dist.get_world_size(), local_rank, backend, device, True)
 
 

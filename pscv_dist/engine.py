@@ -119,19 +119,23 @@ class DeepSpeedEngine(Engine):
         super().__init__(model, cfg, state)
         import deepspeed
 
+        # ZeRO flattens parameters as byte views: channels_last weights (non-unit last stride) cannot be
+        model = model.to(memory_format=torch.contiguous_format)
         self.raw = model
         optimizer, scheduler = build_optimizer(model, cfg)
         ds_config = {
             "train_micro_batch_size_per_gpu": local_batch,
             "gradient_accumulation_steps": cfg.train.grad_accum,
             "zero_optimization": {"stage": cfg.train.zero_stage},
+            "zero_allow_untested_optimizer": True,  # torch SGD: ZeRO 1-2 shard its momentum like any state
             "bf16": {"enabled": self.amp is not None and state.device.type == "cuda"},
+            "gradient_clipping": 0.0,  # DeepSpeed may clip by default; the protocol (and the DDP engine) does not
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
-            dist_init_required=False)
+            dist_init_required=None)  # joins our group; creates one for a single process
         self.amp = None  # DeepSpeed's bf16 mode casts the model itself
 
     @property

@@ -18,7 +18,7 @@ from .augment import Augmenter
 from .config import Config
 from .data import SliceStore
 from .data.stream import SliceDataset, StepBatchSampler, collate, local_batch_size
-from .distributed import DistState, all_reduce_mean
+from .distributed import DistState, all_finite, all_reduce_mean
 from .engine import build_engine
 from .eval.evaluate import evaluate
 from .losses import build_objective
@@ -70,8 +70,9 @@ class Trainer:
                           tuple(m.dropout) if m.dropout else None, m.upsample).to(state.device)
         if m.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        torch.manual_seed(cfg.train.seed * 1000 + state.rank)  # per-rank dropout streams
         self.engine = build_engine(self.model, cfg, state, self.local_batch)
+        # per-rank dropout streams, seeded after the engine (DeepSpeed's init draws random numbers)
+        torch.manual_seed(cfg.train.seed * 1000 + state.rank)
         self.objective = build_objective(cfg.loss.name, self.store.num_classes, self.store.ignore_index,
                                          **objective_params(cfg))
         self.augment = Augmenter(cfg.augment, self.store.ignore_index, cfg.train.seed)
@@ -87,6 +88,12 @@ class Trainer:
                                self.store.meta.normalization, self.store.ignore_index, self.cfg.to_dict())
 
     def save(self) -> None:
+        state = [t for t in self.engine.module.state_dict().values() if t.is_floating_point()]
+        if not all_finite(torch.stack([t.detach().float().abs().max() for t in state]).max()):
+            # finite losses can still overflow the weights or BN statistics: never save those
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
+            raise NonFiniteLoss(f"step {self.step}: the weights became NaN or inf; training stopped without "
+                                f"saving them. Last good checkpoint: {last or 'none'}")
         tmp = ckpt.staging_dir(self.ckpt_dir, self.step)
         if self.state.is_main and tmp.exists():
             shutil.rmtree(tmp)
@@ -136,7 +143,10 @@ class Trainer:
         sampler = StepBatchSampler(self.train_items, self.cfg.data.batch_size, self.state.rank,
                                    self.state.world_size, self.cfg.train.seed, start_step=self.step * accum)
         workers = self.cfg.data.num_workers
-        loader = DataLoader(SliceDataset(self.cfg.data.store), batch_sampler=sampler, collate_fn=collate,
+        # its own generator: creating the iterator must not draw from the global RNG (dropout's
+        # stream), or a resumed run would diverge from the uninterrupted one
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + self.state.rank)
+        loader = DataLoader(SliceDataset(self.cfg.data.store), batch_sampler=sampler, collate_fn=collate, generator=gen,
                             num_workers=workers, prefetch_factor=self.cfg.data.prefetch if workers else None,
                             pin_memory=self.state.device.type == "cuda", persistent_workers=False)
         return iter(loader)

@@ -49,13 +49,12 @@ def overlays(store, predictions: dict[str, np.ndarray], results: dict[str, Any],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = sorted(results["per_case"], key=case_mean_dsc)
+    # among the cases whose predictions this process holds (rank 0 holds its share under torchrun)
+    ranked = sorted((r for r in results["per_case"] if r["case"] in predictions), key=case_mean_dsc)
     picks = {"worst": ranked[0]["case"], "best": ranked[-1]["case"]} if ranked else {}
     written = []
     k = store.num_classes
     for tag, case in picks.items():
-        if case not in predictions:
-            continue
         vol, pred = store.volume(case), predictions[case]
         z = int(np.argmax((vol["label"] > 0).sum(axis=(1, 2))))  # the slice with most foreground
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
