@@ -89,10 +89,8 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
                  remap: dict[int, int] | None, cfg: PrepareConfig) -> dict[str, Any]:
     """Load, check and convert one case; writes its native volumes into the staging store and its
     training slices to a part file. Returns what the fingerprint and the metadata need."""
-    import torch
     import zarr
 
-    torch.set_num_threads(1)
     k = len(classes)
     vol = source.load()
     check_case(source, vol, source.label_values or k)
@@ -137,6 +135,12 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     }
 
 
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one volume per process: parallelism comes from the workers
+
+
 def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str, dict]:
     results: dict[str, dict] = {}
     bar = progress_bar(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
@@ -147,7 +151,7 @@ def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str
                 results[s.case] = process_case(s, *args)
                 bar.update()
             return results
-        with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
             futures = {pool.submit(process_case, s, *args): s for s in sources}
             try:
                 for fut in cf.as_completed(futures):
