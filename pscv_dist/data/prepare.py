@@ -213,9 +213,12 @@ def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: i
 def _publish(staging: Path, out: str, storage_options: dict | None) -> None:
     if not _is_url(out):
         dest = Path(out.removeprefix("file://"))
-        if dest.exists():
-            shutil.rmtree(dest)
+        old = dest.with_name(f".{dest.name}.old")
+        if dest.exists():  # --overwrite: move the old store aside, then swap the new one in
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
         os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
         return
     import fsspec
 
@@ -226,7 +229,7 @@ def _publish(staging: Path, out: str, storage_options: dict | None) -> None:
     root_meta = staging / "zarr.json"
     for p in [f for f in files if f != root_meta] + [root_meta]:  # root metadata last = commit
         fs.put_file(str(p), f"{root}/{p.relative_to(staging).as_posix()}")
-    shutil.rmtree(staging)
+    shutil.rmtree(staging.parent)  # the mkdtemp folder holding the staging store
 
 
 def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
@@ -278,7 +281,7 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
         group.attrs[fmt.FORMAT_NAME] = meta.to_json()
         _publish(staging, out, storage_options)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging if local_out is not None else staging.parent, ignore_errors=True)
         raise
     log.info("wrote %s: %d cases, %d slices", out, len(order), n)
     return out

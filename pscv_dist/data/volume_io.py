@@ -107,33 +107,28 @@ def save_atomic(img, out: str | os.PathLike) -> None:
             tmp.unlink()
 
 
-def read_h5(path: str | os.PathLike, keys=("image", "label")) -> dict[str, np.ndarray]:
-    import h5py
-
+def _read_keys(path, keys, kind: str, opener, names) -> dict[str, np.ndarray]:
+    """Read ``keys`` from an HDF5 / NPZ file, with one error vocabulary for both."""
     try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in keys if k not in f]
+        with opener(path) as f:
+            found = names(f)
+            missing = [k for k in keys if k not in found]
             if missing:
-                raise DataError(f"{path}: missing key(s) {missing}; expected {list(keys)}, found {sorted(f.keys())}")
+                raise DataError(f"{path}: missing key(s) {missing}; expected {list(keys)}, found {sorted(found)}")
             return {k: np.asarray(f[k][()]) for k in keys}
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as exc:
-        raise DataError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc})") from None
+
+
+def read_h5(path: str | os.PathLike, keys=("image", "label")) -> dict[str, np.ndarray]:
+    import h5py
+
+    return _read_keys(path, keys, "HDF5", lambda p: h5py.File(p, "r"), lambda f: list(f.keys()))
 
 
 def read_npz(path: str | os.PathLike, keys=("image", "label")) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as f:
-            missing = [k for k in keys if k not in f.files]
-            if missing:
-                raise DataError(f"{path}: missing key(s) {missing}; expected {list(keys)}, found {f.files}")
-            return {k: np.asarray(f[k]) for k in keys}
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable NPZ file ({type(exc).__name__}: {exc})") from None
+    return _read_keys(path, keys, "NPZ", np.load, lambda f: list(f.files))

@@ -144,3 +144,12 @@ def test_synthetic_cli(tmp_path):
                          "--size", "32"], capture_output=True, text=True)
     assert rc.returncode == 0, rc.stderr
     assert len(SliceStore(str(out)).cases) == 2
+
+
+def test_overwrite_replaces_the_store(phantom_src, tmp_path):
+    out = tmp_path / "o.zarr"
+    prepare(PrepareConfig(str(phantom_src), str(out), "nifti", size=16, cases=["phantom_000"], progress=False))
+    prepare(PrepareConfig(str(phantom_src), str(out), "nifti", size=16, cases=["phantom_001", "phantom_002"],
+                          overwrite=True, progress=False))
+    assert SliceStore(str(out)).cases == ["phantom_001", "phantom_002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no staging or old copy left
