@@ -119,7 +119,7 @@ def staging_dir(directory: str | os.PathLike, step: int) -> Path:
     return Path(directory) / f"step_{step:08d}.tmp"
 
 
-def commit(directory: str | os.PathLike, step: int, keep: int, protect: tuple[Path, ...] = ()) -> Path:
+def commit(directory: str | os.PathLike, step: int, keep: int) -> Path:
     """Rank 0, after every rank wrote its files into the staging folder: COMMIT, rename, prune."""
     tmp, final = staging_dir(directory, step), Path(directory) / f"step_{step:08d}"
     (tmp / COMMIT).write_text(json.dumps({"step": step}))
@@ -127,8 +127,7 @@ def commit(directory: str | os.PathLike, step: int, keep: int, protect: tuple[Pa
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in complete_checkpoints(directory)[:-keep] if keep > 0 else []:
-        if old not in protect:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     for stale in Path(directory).glob("step_*.tmp"):
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)

@@ -109,8 +109,7 @@ class Trainer:
                              tmp / "train_state.pt")
         _barrier(self.state)
         if self.state.is_main:
-            best = self.out / "best"
-            ckpt.commit(self.ckpt_dir, self.step, self.cfg.train.keep_last, protect=(best,))
+            ckpt.commit(self.ckpt_dir, self.step, self.cfg.train.keep_last)
         _barrier(self.state)
 
     def _resume(self) -> str | None:

@@ -1,7 +1,6 @@
 """Evaluation end to end: CLI output, W=2 distributed == W=1, bad input."""
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist

@@ -1,5 +1,4 @@
 """Dice and HD95 against hand-made masks and an independent brute-force computation."""
-import itertools
 import math
 
 import numpy as np

@@ -1,8 +1,6 @@
 """An independent, loop-based reference of the CV loss (METHOD.md), for the tests only."""
 import math
 
-import torch
-
 
 def cv_reference(probs, images, present, positives, tau, classes="all", eps=1e-8):
     """Mean over images of Σ_anchors ℓ(n, k); positives[n][k] = m or -1 (given, not drawn)."""
