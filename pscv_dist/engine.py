@@ -59,6 +59,9 @@ class DDPEngine(Engine):
     def __init__(self, model: nn.Module, cfg: Config, state: DistState):
         super().__init__(model, cfg, state)
         self.raw = model
+        if cfg.model.sync_bn and state.device.type != "cuda":
+            raise ValueError("model.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU "
+                             "implementation; set model.sync_bn=false for CPU runs")
         if cfg.model.sync_bn and state.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.raw = model

@@ -204,3 +204,26 @@ def test_mlflow_unreachable_warns_and_keeps_training(store48, tmp_path):
     assert rc == 0, err[-3000:]
     assert err.count("MLflow tracking unavailable") == 1
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 4
+
+
+def test_options_accumulation_dali_compile_and_sync_bn_refusal(store48, tmp_path):
+    """The optional paths run through the same loop: gradient accumulation and the DALI augmentation
+    backend (CPU pipeline) under 2 ranks; torch.compile of the model and the CV maps. SyncBatchNorm
+    has no CPU implementation in torch: asking for it on CPU is refused with a clear message."""
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "a"
+    rc, stdout, err = finish(torchrun(overrides(store48, out, iterations=4, **{
+        "train.grad_accum": 2, "augment.backend": "dali", "train.log_every": 1,
+        "data.val_split": "null", "tracking.enabled": "false"})))
+    assert rc == 0, err[-3000:]
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4] and all(r["images_per_s"] > 0 for r in logs)
+    rc, stdout, err = finish(torchrun(overrides(store48, tmp_path / "s", iterations=2, **{
+        "model.sync_bn": "true", "tracking.enabled": "false"}), nproc=1))
+    assert rc != 0 and "model.sync_bn=true needs CUDA devices" in err
+    out = tmp_path / "c"
+    rc, stdout, err = finish(torchrun(overrides(store48, out, iterations=2, **{
+        "model.compile": "true", "model.base_width": 4, "train.log_every": 1, "data.val_split": "null",
+        "tracking.enabled": "false"}), nproc=1))
+    assert rc == 0, err[-3000:]
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
