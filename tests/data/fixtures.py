@@ -8,6 +8,11 @@ import nibabel as nib
 import numpy as np
 
 
+def nearest_index(n_src: int, n_dst: int) -> np.ndarray:
+    """Independent nearest-neighbour mapping: output pixel i samples source floor((i + 0.5) * n_src / n_dst)."""
+    return np.minimum(((np.arange(n_dst) + 0.5) * n_src / n_dst).astype(int), n_src - 1)
+
+
 def save_nifti(path: Path, xyz: np.ndarray, spacing=(1.0, 1.0, 2.0), affine=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     aff = np.diag([*spacing[:3], 1.0]) if affine is None else affine

@@ -12,6 +12,8 @@ from pscv_dist.data import SliceStore
 from pscv_dist.data.prepare import PrepareConfig, prepare
 from pscv_dist.data.synthetic import PHANTOM_CLASSES
 
+from .fixtures import nearest_index
+
 
 def _source_volume(src, case):
     img = np.asanyarray(nib.load(src / "imagesTr" / f"{case}_0000.nii.gz").dataobj).astype(np.float64)
@@ -69,8 +71,7 @@ def test_resized_labels_agree_with_source(phantom_store):
     case = store.cases[2]
     native = store.volume(case)["label"]
     h, w = native.shape[1:]
-    iy = np.minimum(((np.arange(32) + 0.5) * h / 32).astype(int), h - 1)
-    ix = np.minimum(((np.arange(32) + 0.5) * w / 32).astype(int), w - 1)
+    iy, ix = nearest_index(h, 32), nearest_index(w, 32)
     for idx in store.slice_indices([case]):
         item = store[int(idx)]
         np.testing.assert_array_equal(item["label"].numpy(), native[item["z"]][iy][:, ix])

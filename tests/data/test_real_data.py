@@ -9,6 +9,8 @@ import pytest
 from pscv_dist.data import SliceStore
 from pscv_dist.data.prepare import PrepareConfig, prepare
 
+from .fixtures import nearest_index
+
 pytestmark = pytest.mark.slow
 ACDC_CASES = ["patient001_frame01", "patient001_frame12", "patient017_frame01", "patient042_frame16"]
 
@@ -35,8 +37,7 @@ def test_acdc_points_and_resized_labels(acdc_store):
     for case in ACDC_CASES:
         native = acdc_store.volume(case)["label"]
         h, w = native.shape[1:]
-        iy = np.minimum(((np.arange(256) + 0.5) * h / 256).astype(int), h - 1)
-        ix = np.minimum(((np.arange(256) + 0.5) * w / 256).astype(int), w - 1)
+        iy, ix = nearest_index(h, 256), nearest_index(w, 256)
         for idx in acdc_store.slice_indices([case]):
             item = acdc_store[int(idx)]
             label, points = item["label"].numpy(), item["points"].numpy()

@@ -5,6 +5,8 @@ import pytest
 from pscv_dist.data.volumes import (normalize_intensity, point_labels, point_rng, resize_image,
                                     resize_label, volume_points)
 
+from .fixtures import nearest_index
+
 
 def test_mr_normalisation_golden():
     # 100 values 0..99: the 99th percentile (linear) is 98.01; clip there, then min-max.
@@ -34,9 +36,7 @@ def test_resize_label_is_nearest_of_the_source(src, dst):
     rng = np.random.default_rng(0)
     label = rng.integers(0, 4, size=(3, *src), dtype=np.uint8)
     out = resize_label(label, dst)
-    # independent nearest mapping: output pixel i samples source floor((i + 0.5) * H / S)
-    iy = np.minimum(((np.arange(dst[0]) + 0.5) * src[0] / dst[0]).astype(int), src[0] - 1)
-    ix = np.minimum(((np.arange(dst[1]) + 0.5) * src[1] / dst[1]).astype(int), src[1] - 1)
+    iy, ix = nearest_index(src[0], dst[0]), nearest_index(src[1], dst[1])
     np.testing.assert_array_equal(out, label[:, iy][:, :, ix])
     assert out.dtype == np.uint8
 
