@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,17 @@ def test_deepspeed_zero1_matches_ddp(store48, tmp_path):
     for a, b in zip(runs["ddp"], runs["deepspeed"]):
         assert a["step"] == b["step"] and a["lr"] == pytest.approx(b["lr"], rel=1e-9)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # DeepSpeed resume: drop the last checkpoint (as if the job died after step 3) and run again;
+    # the sharded engine state is restored and the end weights are the uninterrupted run's
+    ckpts = out / "checkpoints"
+    final = weights(ckpts / "step_00000006")
+    shutil.rmtree(ckpts / "step_00000006")
+    rc, stdout, err = finish(torchrun(overrides(store48, out, iterations=6, **{
+        "train.engine": "deepspeed", "train.zero_stage": 1, "train.log_every": 1, "data.val_split": "null",
+        "model.channels_last": "false", "tracking.enabled": "false"})))
+    assert rc == 0 and "resumed from" in err, err[-3000:]
+    again = weights(ckpts / "step_00000006")
+    assert all(torch.equal(final[k], again[k]) for k in final)
 
 
 def test_nan_guard_stops_with_last_good_checkpoint(store48, tmp_path):
