@@ -70,7 +70,6 @@ class DDPEngine(Engine):
             kwargs = {"device_ids": [state.device.index]} if state.device.type == "cuda" else {}
             model = nn.parallel.DistributedDataParallel(model, **kwargs)
         self.model = torch.compile(model) if cfg.model.compile else model
-        self._micro = 0
 
     @property
     def module(self) -> nn.Module:
