@@ -66,9 +66,10 @@ class DDPEngine(Engine):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.raw = model
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        self.ddp = None
         if state.distributed:
             kwargs = {"device_ids": [state.device.index]} if state.device.type == "cuda" else {}
-            model = nn.parallel.DistributedDataParallel(model, **kwargs)
+            model = self.ddp = nn.parallel.DistributedDataParallel(model, **kwargs)
         self.model = torch.compile(model) if cfg.model.compile else model
 
     @property
@@ -80,8 +81,8 @@ class DDPEngine(Engine):
             return self.model(x)
 
     def no_sync(self, last_micro: bool):
-        if not last_micro and isinstance(self.model, nn.parallel.DistributedDataParallel):
-            return self.model.no_sync()
+        if not last_micro and self.ddp is not None:  # also when self.model is its compiled wrapper
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
