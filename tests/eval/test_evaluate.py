@@ -84,3 +84,23 @@ def test_missing_checkpoint_and_split(phantom_store, tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "junk.pt"), "--store", str(phantom_store), "--split", "all"]) == 2
     assert "not a loadable checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_evaluate_under_torchrun_equals_single_process(phantom_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ckpt = random_checkpoint(tmp_path / "c", size=32, seed=4)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--store", str(phantom_store), "--split", "all"]
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "pscv_dist.cli", *args, "--out", str(tmp_path / "two.json")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    for key in ("mean_dsc", "mean_hd95", "per_class", "per_case", "n_empty_prediction"):
+        assert one[key] == two[key], key
+    assert proc.stdout.count("| **mean** |") == 1  # the table is printed once, by rank 0
