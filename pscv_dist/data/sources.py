@@ -174,13 +174,13 @@ def _synapse_splits(case_ids: list[str]) -> dict[str, list[str]]:
 def btcv_layout(src: Path) -> Layout:
     """Raw Synapse / BTCV CT: ``img/imgNNNN.nii.gz`` + ``label/labelNNNN.nii.gz``; labels remapped."""
     labels = _require_dir(src / "label", "label")
+    by_name = {_strip_nii(p.name): p for p in _nii_files(labels)}
     cases = []
     for image in _nii_files(_require_dir(src / "img", "img")):
         num = _strip_nii(image.name)[3:]
-        matches = [p for p in _nii_files(labels) if _strip_nii(p.name) == f"label{num}"]
-        if not matches:
+        if f"label{num}" not in by_name:
             raise DataError(f"{image}: no label found; expected {labels / f'label{num}.nii.gz'}")
-        source = _nifti_source(f"case{num}", f"case{num}", image, matches[0])
+        source = _nifti_source(f"case{num}", f"case{num}", image, by_name[f"label{num}"])
         source.label_values = BTCV_RAW_CLASSES
         cases.append(source)
     if not cases:
