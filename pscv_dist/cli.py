@@ -76,6 +76,10 @@ def _cmd_predict(args) -> int:
     else:
         from .tracking import load_registered_model
 
+        if args.tracking_uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(args.tracking_uri)
         model, meta = load_registered_model(args.model_uri)
     for path in predict_files(model, meta, args.input, args.output):
         print(f"wrote {path}")
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment NIfTI volumes (file or folder)")
     p.add_argument("--checkpoint")
     p.add_argument("--model-uri", help="an MLflow registry URI, e.g. models:/pscv@champion")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("input")
     p.add_argument("output")
     p.set_defaults(func=_cmd_predict)

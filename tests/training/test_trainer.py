@@ -165,7 +165,9 @@ def test_mlflow_run_contents(straight_run, store48, tmp_path):
     from pscv_dist.cli import main
 
     img = sorted((store48.parent / "phantoms" / "imagesTr").glob("*.nii.gz"))[0]
-    assert main(["predict", "--model-uri", "models:/pscv-test@latest", str(img), str(tmp_path / "p.nii.gz")]) == 0
+    mlflow.set_tracking_uri(None)  # the CLI's --tracking-uri must be what points it at the store
+    assert main(["predict", "--model-uri", "models:/pscv-test@latest", "--tracking-uri", summary["tracking_uri"],
+                 str(img), str(tmp_path / "p.nii.gz")]) == 0
     assert (tmp_path / "p.nii.gz").exists()
 
 
