@@ -15,7 +15,6 @@ either a whole checkpoint or a ``.tmp`` that is ignored and cleaned up.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import re
@@ -28,7 +27,6 @@ import torch
 
 from .model import UNet
 
-log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMMIT = "COMMIT"
 
@@ -45,15 +43,17 @@ def model_meta(model: UNet, classes: list[str], size: int, normalization: dict, 
     }
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)  # DDP / DeepSpeed
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write the model bundle ``{"meta", "model_state"}`` that :func:`load_model` reads, atomically."""
+    path = Path(path)
+    save_atomic({"meta": meta, "model_state": model.state_dict()}, path)
+    return path
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict[str, Any]]:

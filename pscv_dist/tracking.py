@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .checkpoint import load_model, save_model
+
 log = logging.getLogger(__name__)
 
 
@@ -70,9 +72,9 @@ class Tracker:
         """Log the model (MLflow's pt2 format; batch and H, W left dynamic), its pscv metadata and
         the raw checkpoint bundle; register it and point the alias ``latest`` at the new version."""
         def do():
+            import numpy as np
             from mlflow.models import ModelSignature
             from mlflow.types import Schema, TensorSpec
-            import numpy as np
 
             model_cpu = model.to("cpu").eval()
             s = meta["size"]
@@ -82,8 +84,8 @@ class Tracker:
                                                  input_example=torch.zeros(2, 1, s, s).numpy(),
                                                  metadata={"pscv": meta}, registered_model_name=register_as)
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"meta": meta, "model_state": model_cpu.state_dict()}, Path(tmp) / "model.pt")
-                self.mlflow.log_artifact(str(Path(tmp) / "model.pt"), artifact_path="checkpoint")
+                bundle = save_model(Path(tmp) / "model.pt", model_cpu, meta)
+                self.mlflow.log_artifact(str(bundle), artifact_path="checkpoint")
             if register_as and info.registered_model_version:
                 self.mlflow.MlflowClient().set_registered_model_alias(register_as, "latest", info.registered_model_version)
             return info
@@ -98,8 +100,6 @@ def load_registered_model(model_uri: str) -> tuple[torch.nn.Module, dict[str, An
     """A model from the registry (``models:/NAME@ALIAS`` or ``runs:/ID/model``): the pscv bundle logged
     beside it is rebuilt as a UNet, so prediction uses the training normalisation and size."""
     import mlflow
-
-    from .checkpoint import load_model
 
     try:
         info = mlflow.models.get_model_info(model_uri)

@@ -102,7 +102,7 @@ class Trainer:
         ckpt.save_atomic({"step": self.step, **ckpt.rng_state()}, tmp / f"rng_rank{self.state.rank}.pt")
         self.engine.save_engine(tmp)  # DeepSpeed: collective
         if self.state.is_main:
-            ckpt.save_atomic({"meta": self.meta(), "model_state": self.engine.module.state_dict()}, tmp / "model.pt")
+            ckpt.save_model(tmp / "model.pt", self.engine.module, self.meta())
             ckpt.save_atomic({"step": self.step, "engine": self.engine.state_dict(), "config": self.cfg.to_dict(),
                               "world_size": self.state.world_size, "best": self.best,
                               "mlflow_run_id": getattr(self, "tracker", None) and self.tracker.run_id},
@@ -215,7 +215,7 @@ class Trainer:
             if self.state.is_main:
                 best = self.out / "best"
                 best.mkdir(parents=True, exist_ok=True)
-                ckpt.save_atomic({"meta": self.meta(), "model_state": self.engine.module.state_dict()}, best / "model.pt")
+                ckpt.save_model(best / "model.pt", self.engine.module, self.meta())
 
     def _log_overlays(self, res: dict[str, Any]) -> None:
         import tempfile

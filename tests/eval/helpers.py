@@ -1,6 +1,6 @@
 import torch
 
-from pscv_dist.checkpoint import model_meta
+from pscv_dist.checkpoint import model_meta, save_model
 from pscv_dist.model import UNet
 
 
@@ -11,5 +11,5 @@ def random_checkpoint(path, num_classes=4, size=32, mode="mr", seed=0, classes=N
     classes = classes or ["background"] + [f"c{i}" for i in range(1, num_classes)]
     meta = model_meta(model, classes, size, {"mode": mode}, num_classes)
     path.mkdir(parents=True, exist_ok=True)
-    torch.save({"meta": meta, "model_state": model.state_dict()}, path / "model.pt")
+    save_model(path / "model.pt", model, meta)
     return path
