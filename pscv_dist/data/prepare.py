@@ -117,7 +117,8 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     s_points = volume_points(s_label, source.case, k, points_cfg)
     present = np.stack([np.bincount(p[p < k], minlength=k) > 0 for p in s_points.reshape(z, -1)])
     part = Path(staging) / "_parts" / f"{source.case}.npz"
-    np.savez(part, image=s_image, label=s_label, points=s_points, present=present)
+    clicks = np.stack([fmt.clicks_from_map(p, k, k * cfg.per_class) for p in s_points])
+    np.savez(part, image=s_image, label=s_label, clicks=clicks, present=present)
 
     rng = np.random.default_rng([cfg.seed, z, h, w])
     raw = np.asarray(vol.image, dtype=np.float64).reshape(-1)
@@ -183,8 +184,7 @@ def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: i
         with np.load(staging / "_parts" / f"{case}.npz") as part:
             data = {fmt.SLICE_IMAGE: part["image"], fmt.SLICE_LABEL: part["label"]}
             present[pos:pos + len(part["present"])] = part["present"]
-            for j, pts in enumerate(part["points"]):
-                clicks[pos + j] = fmt.clicks_from_map(pts, k, k * per_class)
+            clicks[pos:pos + len(part["clicks"])] = part["clicks"]
         count = len(data[fmt.SLICE_IMAGE])
         case_index[pos:pos + count], zs[pos:pos + count] = ci, np.arange(count)
         done = 0
