@@ -93,9 +93,8 @@ class Augmenter:
             new_image, new_label = self._kornia(image, label, mats)
         else:
             new_image, new_label = self._dali_warp(image, label, mats)
-        k = self.ignore_index
-        present = torch.stack([torch.bincount(p[p < k], minlength=k) > 0 for p in new_points.flatten(1)])
-        return {**batch, "image": new_image, "label": new_label, "points": new_points, "present": present}
+        # every click is moved, none lost or merged (move_clicks), so ``present`` is unchanged
+        return {**batch, "image": new_image, "label": new_label, "points": new_points}
 
     @staticmethod
     def _kornia(image, label, mats):
