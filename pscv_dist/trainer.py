@@ -183,13 +183,18 @@ class Trainer:
         self.step += 1
         return terms_sum
 
-    def validate(self) -> dict[str, Any] | None:
+    def _overlays_due(self, n_val: int) -> bool:
+        """Overlays are logged at the last validation and every ``tracking.image_every`` validations."""
+        every = self.cfg.tracking.image_every
+        return self.step >= self.cfg.train.iterations or bool(every and n_val % every == 0)
+
+    def validate(self, keep_predictions: bool = False) -> dict[str, Any] | None:
         if not self.val_cases:
             return None
         model = self.engine.module
         was_training = model.training
         res = evaluate(model, self.store, self.val_cases, self.store.size, "strict", 0, self.state,
-                       device=self.state.device, keep_predictions=self.state.is_main)
+                       device=self.state.device, keep_predictions=keep_predictions and self.state.is_main)
         model.train(was_training)
         return res
 
@@ -206,9 +211,7 @@ class Trainer:
             values = {"val_mean_dsc": dsc or 0.0, "val_mean_hd95": res["mean_hd95"] or 0.0}
             values.update({f"val_dsc_{k}": v["dsc"] for k, v in res["per_class"].items() if v["dsc"] is not None})
             self._record(values)
-            last = self.step >= self.cfg.train.iterations
-            every = self.cfg.tracking.image_every
-            if last or (every and n_val % every == 0):
+            if self._overlays_due(n_val):
                 self._log_overlays(res)
         if dsc is not None and (self.best["dsc"] is None or dsc > self.best["dsc"]):
             self.best = {"dsc": dsc, "step": self.step}
@@ -246,7 +249,7 @@ class Trainer:
                     t0, seen = time.perf_counter(), 0
                 if self.val_cases and ((cfg.train.val_every and self.step % cfg.train.val_every == 0) or done):
                     n_val += 1
-                    last_val = self.validate()
+                    last_val = self.validate(keep_predictions=self._overlays_due(n_val))
                     self._after_validation(last_val, n_val)
                 if (cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0) or done:
                     self.save()
