@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from timing import median_time  # benchmarks/timing.py (the script's own folder)
 
 
 def inputs(b, k, s, seed=0):
@@ -78,16 +78,6 @@ def run_step(b, k, s, objective):
     return fn
 
 
-def timeit(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def saved_mib(kind, b, k, s):
     """Memory autograd keeps between forward and backward (unique storages saved for backward):
     the part of a step's peak that grows with the loss's intermediates."""
@@ -113,11 +103,11 @@ def main():
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     b, k, s = a.batch, a.classes, a.size
-    t_cv = timeit(run_cv(b, k, s), a.repeats)
-    t_cvc = timeit(run_cv_compiled(b, k, s), a.repeats)
-    t_floor = timeit(run_floor(b, k, s), a.repeats)
-    t_pce = timeit(run_step(b, k, s, "pce"), max(2, a.repeats // 2))
-    t_pscv = timeit(run_step(b, k, s, "pscv"), max(2, a.repeats // 2))
+    t_cv = median_time(run_cv(b, k, s), a.repeats)
+    t_cvc = median_time(run_cv_compiled(b, k, s), a.repeats)
+    t_floor = median_time(run_floor(b, k, s), a.repeats)
+    t_pce = median_time(run_step(b, k, s, "pce"), max(2, a.repeats // 2))
+    t_pscv = median_time(run_step(b, k, s, "pscv"), max(2, a.repeats // 2))
     m_cv, m_floor = saved_mib("run_cv", b, k, s), saved_mib("run_floor", b, k, s)
     rows = [
         ("CV term fwd+bwd, eager", f"{t_cv * 1e3:.1f} ms", f"{m_cv:.0f} MiB"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,19 +21,9 @@ from pscv_dist.distributed import DistState
 from pscv_dist.losses import build_objective
 from pscv_dist.model import UNet
 from pscv_dist.trainer import Trainer, objective_params
+from timing import median_time  # benchmarks/timing.py (the script's own folder)
 
 METHODS = ["pce", "entmini", "ms", "pscv", "fullsup"]
-
-
-def median_step(fn, steps):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def bare(store_path, method, batch, steps, cfg):
@@ -51,7 +40,7 @@ def bare(store_path, method, batch, steps, cfg):
         opt.zero_grad(set_to_none=True)
         obj(model(x), b, 0)["loss"].backward()
         opt.step()
-    return median_step(step, steps)
+    return median_time(step, steps, warmup=2)
 
 
 def ours(store_path, method, batch, steps, out, augment):
@@ -60,7 +49,7 @@ def ours(store_path, method, batch, steps, out, augment):
                              f"train.out_dir={out}", "train.iterations=1000000"])
     trainer = Trainer(cfg, DistState())
     it = trainer.batches()
-    return median_step(lambda: trainer.train_step(it), steps)
+    return median_time(lambda: trainer.train_step(it), steps, warmup=2)
 
 
 def main():
