@@ -7,6 +7,8 @@ import logging
 import sys
 import tempfile
 
+from .errors import cli_boundary
+
 
 def _csv(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
@@ -89,7 +91,8 @@ def _cmd_predict(args) -> int:
 def _cmd_train(args) -> int:
     from .train import main as train_main
 
-    return train_main((["--config", args.config] if args.config else []) + args.overrides)
+    return train_main((["--config", args.config] if args.config else []) + (["-v"] if args.verbose else [])
+                      + args.overrides)
 
 
 def _cmd_demo(args) -> int:
@@ -164,12 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"pscv {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    return cli_boundary(args.command, lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration the trainer refuses to start with."""
+from .errors import ConfigError
 
 
 def _choice(key: str, value, allowed) -> None:

@@ -7,13 +7,15 @@ import json
 import logging
 import sys
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import cli_boundary
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pscv train", description=__doc__)
     ap.add_argument("--config", help="YAML config (see configs/)")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. loss.lambda_cv=0.3")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of errors")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -34,19 +36,14 @@ def run(config_path: str | None, overrides: list[str]) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .trainer import NonFiniteLoss
 
-    try:
+    def go() -> int:
         summary = run(args.config, args.overrides)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"pscv train: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as exc:
-        print(f"pscv train: stopped: {exc}", file=sys.stderr)
-        return 3
-    if summary is not None:
-        print(json.dumps(summary))
-    return 0
+        if summary is not None:
+            print(json.dumps(summary))
+        return 0
+
+    return cli_boundary("train", go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

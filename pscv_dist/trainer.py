@@ -20,6 +20,7 @@ from .data import SliceStore
 from .data.stream import SliceDataset, StepBatchSampler, collate, local_batch_size
 from .distributed import DistState, all_finite, all_reduce_mean
 from .engine import build_engine
+from .errors import NonFiniteLoss
 from .eval.evaluate import evaluate
 from .losses import build_objective
 from .losses.contrastive import NonFiniteInput
@@ -28,10 +29,6 @@ from .tracking import Tracker
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss was NaN/inf on at least one rank; the run stopped before the optimizer step."""
 
 
 def objective_params(cfg: Config) -> dict[str, Any]:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A dataset problem a user can fix: names the file, what was expected and what was found."""
+from ..errors import DataError  # noqa: F401  (re-exported: the data package's error)
 
 
 @dataclasses.dataclass
