@@ -1,21 +1,26 @@
-"""Checkpoints: atomic, complete-or-absent, loadable with ``torch.load(weights_only=True)``.
+"""Training checkpoints: atomic, complete-or-absent, verified on load, one manager for all of it.
 
 A checkpoint is a folder ``<dir>/step_NNNNNNNN`` holding:
 
-- ``model.pt``        {"meta": model + data description, "model_state": state_dict}: everything
-                      evaluation and prediction need (``load_model``);
-- ``train_state.pt``  optimizer, scheduler, step, config, world size (rank 0 writes it);
+- ``model.pt``        the portable model bundle (:mod:`pscv_dist.model.bundle`): what evaluation,
+                      prediction and the registry need;
+- ``train_state.pt``  step, config, world size, best score, validation count, MLflow run id
+                      (rank 0 writes it);
 - ``rng_rank{r}.pt``  each rank's Python / NumPy / torch RNG states;
-- ``engine/``         DeepSpeed's own sharded state, when that engine is used;
-- ``COMMIT``          written last, inside the temporary folder, before the rename.
+- the engine's own files (``optim.pt`` for DDP, ``engine/`` for DeepSpeed's sharded state);
+- ``COMMIT``          written last: ``{"step", "files": {relative path: sha256}}``.
 
-The folder is assembled as ``step_NNNNNNNN.tmp`` and renamed once complete, so a crash leaves
-either a whole checkpoint or a ``.tmp`` that is ignored and cleaned up.
+Every rank writes its files into ``step_NNNNNNNN.tmp``; after a barrier rank 0 hashes them into
+``COMMIT`` and renames the folder, so a crash leaves either a whole checkpoint or a ``.tmp`` folder
+that is ignored and removed later. On resume every file is checked against ``COMMIT`` before
+anything is loaded: a truncated or edited file is reported by name instead of being unpickled.
+Checkpoints assume a file system every rank sees (a shared volume on multi-node runs).
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import logging
 import random
 import re
 import shutil
@@ -25,59 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import UNet
+from .distributed import DistState, barrier
+from .errors import CheckpointError
+from .model.bundle import save_atomic, save_model
+
+log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMMIT = "COMMIT"
-
-
-def model_meta(model: UNet, classes: list[str], size: int, normalization: dict, ignore_index: int,
-               config: dict | None = None) -> dict[str, Any]:
-    """What a model needs to be rebuilt and fed exactly as in training."""
-    return {
-        "model": {"in_channels": model.in_channels, "num_classes": model.num_classes,
-                  "base_width": model.base_width, "depth": model.depth, "dropout": list(model.dropout),
-                  "upsample": model.upsample},
-        "classes": list(classes), "size": int(size), "normalization": dict(normalization),
-        "ignore_index": int(ignore_index), "config": config or {},
-    }
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write the model bundle ``{"meta", "model_state"}`` that :func:`load_model` reads, atomically."""
-    path = Path(path)
-    save_atomic({"meta": meta, "model_state": model.state_dict()}, path)
-    return path
-
-
-def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict[str, Any]]:
-    """Rebuild the UNet of a checkpoint folder (or of its ``model.pt``) in eval mode.
-
-    Raises:
-        FileNotFoundError / ValueError: missing file or not a pscv model bundle.
-    """
-    path = Path(path)
-    file = path / "model.pt" if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: checkpoint not found")
-    try:
-        bundle = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{file}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(bundle, dict) or "meta" not in bundle or "model_state" not in bundle:
-        raise ValueError(f"{file}: not a pscv model bundle (expected keys 'meta' and 'model_state')")
-    meta = bundle["meta"]
-    cfg = dict(meta["model"])
-    cfg["dropout"] = tuple(cfg["dropout"])
-    model = UNet(**cfg)
-    model.load_state_dict(bundle["model_state"])
-    return model.eval(), meta
+TRAIN_STATE = "train_state.pt"
+MODEL = "model.pt"
+# The architecture keys of the config a checkpoint must share with the run that resumes it.
+ARCH_CONFIG_KEYS = ("base_width", "depth", "upsample", "dropout")
 
 
 def rng_state() -> dict[str, Any]:
@@ -101,7 +65,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def complete_checkpoints(directory: str | os.PathLike) -> list[Path]:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def complete_checkpoints(directory: str | Path) -> list[Path]:
     """Complete checkpoints (renamed, with COMMIT), oldest first."""
     d = Path(directory)
     if not d.is_dir():
@@ -110,25 +82,139 @@ def complete_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+def latest_checkpoint(directory: str | Path) -> Path | None:
     ckpts = complete_checkpoints(directory)
     return ckpts[-1] if ckpts else None
 
 
-def staging_dir(directory: str | os.PathLike, step: int) -> Path:
+def staging_dir(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"step_{step:08d}.tmp"
 
 
-def commit(directory: str | os.PathLike, step: int, keep: int) -> Path:
-    """Rank 0, after every rank wrote its files into the staging folder: COMMIT, rename, prune."""
+def commit(directory: str | Path, step: int, keep: int) -> Path:
+    """Rank 0, after every rank wrote its files into the staging folder: hash them into COMMIT,
+    rename the folder, prune all but the newest ``keep``, remove stale staging folders."""
     tmp, final = staging_dir(directory, step), Path(directory) / f"step_{step:08d}"
-    (tmp / COMMIT).write_text(json.dumps({"step": step}))
+    files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / COMMIT).write_text(json.dumps({"step": step, "files": files}, indent=1))
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    tmp.rename(final)
     for old in complete_checkpoints(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for stale in Path(directory).glob("step_*.tmp"):
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def verify(ckpt: Path) -> None:
+    """Check every file of a checkpoint against its COMMIT manifest.
+
+    Raises:
+        CheckpointError: COMMIT unreadable, a file missing, or a file whose bytes changed.
+    """
+    try:
+        manifest = json.loads((ckpt / COMMIT).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt / COMMIT}: unreadable checkpoint manifest ({type(exc).__name__}: {exc}); "
+                              f"remove {ckpt} to resume from the previous checkpoint") from None
+    for rel, digest in files.items():
+        path = ckpt / rel
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint (listed in COMMIT); remove {ckpt} "
+                                  f"to resume from the previous checkpoint")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{path}: truncated or modified since it was saved (sha256 differs from COMMIT); "
+                                  f"remove {ckpt} to resume from the previous checkpoint")
+
+
+def read(path: Path, map_location="cpu") -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from the checkpoint") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a loadable checkpoint file, truncated or corrupt "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+
+
+class CheckpointManager:
+    """Save and resume the training state of every rank; all methods are collective (every rank
+    calls them in the same order).
+
+    Args:
+        directory: the checkpoint folder (``<out_dir>/checkpoints``), on a file system all ranks see.
+        state: this process's distributed state.
+        keep_last: how many complete checkpoints to keep.
+    """
+
+    def __init__(self, directory: str | Path, state: DistState, keep_last: int):
+        self.directory, self.state, self.keep_last = Path(directory), state, keep_last
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.directory)
+
+    def save(self, step: int, engine, model_meta: dict[str, Any], train_state: dict[str, Any]) -> Path:
+        """Write the checkpoint of ``step``: rank files, the engine's files, model bundle, train state."""
+        tmp = staging_dir(self.directory, step)
+        if self.state.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        barrier(self.state)
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_atomic({"step": step, **rng_state()}, tmp / f"rng_rank{self.state.rank}.pt")
+        engine.save(tmp)  # collective for DeepSpeed
+        if self.state.is_main:
+            save_model(tmp / MODEL, engine.module, model_meta)
+            save_atomic({"step": step, "world_size": self.state.world_size, **train_state}, tmp / TRAIN_STATE)
+        barrier(self.state)
+        final = self.directory / f"step_{step:08d}"
+        if self.state.is_main:
+            commit(self.directory, step, self.keep_last)
+        barrier(self.state)
+        return final
+
+    def load(self, engine, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Resume from the latest complete checkpoint, if any: checks the files and the architecture,
+        loads weights, engine state and (at the same world size) this rank's RNG streams.
+
+        Returns:
+            the saved train state (``step``, ``best``, ``n_val``, ``mlflow_run_id``, ...) or None.
+
+        Raises:
+            CheckpointError: a damaged file, or a checkpoint of another architecture than ``config``.
+        """
+        latest = self.latest()
+        if latest is None:
+            return None
+        verify(latest)
+        ts = read(latest / TRAIN_STATE)
+        if not isinstance(ts, dict) or "step" not in ts or "config" not in ts:
+            raise CheckpointError(f"{latest / TRAIN_STATE}: not a pscv train state (expected keys 'step', 'config')")
+        saved, now = ts["config"].get("model", {}), config["model"]
+        for key in ARCH_CONFIG_KEYS:
+            if saved.get(key) != now[key]:
+                raise CheckpointError(f"{latest}: checkpoint has model.{key}={saved.get(key)!r}, config has "
+                                      f"{now[key]!r}; use another train.out_dir or the checkpoint's model settings")
+        bundle = read(latest / MODEL, map_location=self.state.device)
+        try:
+            engine.module.load_state_dict(bundle["model_state"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{latest / MODEL}: weights do not fit the configured model ({first})") from None
+        engine.load(latest)
+        rng = latest / f"rng_rank{self.state.rank}.pt"
+        if ts.get("world_size") != self.state.world_size or not rng.exists():
+            log.warning("%s: saved with world size %s, resuming with %s: RNG streams are reseeded, the run "
+                        "continues but is not bit-identical", latest, ts.get("world_size"), self.state.world_size)
+        else:
+            state = read(rng)
+            try:
+                set_rng_state(state)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise CheckpointError(f"{rng}: not a pscv RNG state ({type(exc).__name__}: {exc})") from None
+        if self.state.is_main:
+            log.info("resumed from %s at step %d", latest, ts["step"])
+        return ts

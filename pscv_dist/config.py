@@ -3,6 +3,10 @@
 Every section is a dataclass validated in ``__post_init__``; an unknown key or an invalid value is
 refused before anything starts, naming the key, the value and what is allowed. ``to_dict`` goes
 straight to MLflow params, Ray Tune search spaces and Kubernetes args alike.
+
+Presets ship inside the package (``pscv_dist/configs/*.yaml``; the top-level ``configs/`` is a
+link to that folder): ``load_config("acdc")`` and ``pscv train --config acdc`` load one by name,
+so the demo, the launchers and the container image all read the same single copy.
 """
 from __future__ import annotations
 
@@ -72,6 +76,14 @@ class ModelConfig:
         _range("model.base_width", self.base_width, 1)
         _range("model.depth", self.depth, 1, 7)
         _choice("model.upsample", self.upsample, ("transpose", "bilinear"))
+        if self.dropout is not None:
+            if len(self.dropout) != self.depth + 1:
+                raise ConfigError(f"model.dropout={self.dropout!r} has {len(self.dropout)} values; model.depth="
+                                  f"{self.depth} needs depth+1 = {self.depth + 1} (one per encoder level)")
+            for p in self.dropout:
+                _range("model.dropout", p, 0, 1)
+                if p >= 1:
+                    raise ConfigError(f"model.dropout={self.dropout!r}: each value must be in [0, 1)")
 
 
 @dataclasses.dataclass
@@ -87,7 +99,9 @@ class LossConfig:
     lambda_ent: float = 0.1
 
     def __post_init__(self):
-        _choice("loss.name", self.name, ("pce", "entmini", "ms", "pscv", "fullsup"))
+        from .losses import objective_names  # the objective registry is the one list of names
+
+        _choice("loss.name", self.name, objective_names())
         _range("loss.lambda_cv", self.lambda_cv, 0)
         _range("loss.lambda_cv_warmup", self.lambda_cv_warmup, 0)
         _range("loss.mu", self.mu, 0)
@@ -147,6 +161,12 @@ class TrackingConfig:
     run_name: str | None = None
     register_model: str | None = None  # registered model name; alias "latest" set on it
     image_every: int = 0  # log validation overlays every N validations (0 = only the last)
+
+    def __post_init__(self):
+        _range("tracking.image_every", self.image_every, 0)
+        for key in ("experiment",):
+            if not getattr(self, key):
+                raise ConfigError(f"tracking.{key} must be a non-empty string")
 
 
 @dataclasses.dataclass
@@ -214,10 +234,19 @@ def _coerce(key: str, value: Any, typ) -> Any:
     return value
 
 
+def _check_shape(raw: Any) -> None:
+    """The top level and every section must be mappings (YAML lists or scalars are refused)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping of sections (data:, model:, ...), found a "
+                          f"{type(raw).__name__}")
+    for name, body in raw.items():
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(f"section {name!r} must be a mapping of keys, found a {type(body).__name__}: {body!r}")
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a validated Config; unknown sections or keys raise :class:`ConfigError`."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    _check_shape(raw)
     sections = {f.name: f for f in dataclasses.fields(Config)}
     built = {}
     for name, body in raw.items():
@@ -226,8 +255,6 @@ def from_dict(raw: dict[str, Any]) -> Config:
         cls = typing.get_type_hints(Config)[name]
         hints = typing.get_type_hints(cls)
         body = body or {}
-        if not isinstance(body, dict):
-            raise ConfigError(f"section {name!r} must be a mapping, got {body!r}")
         for key in body:
             if key not in hints:
                 raise ConfigError(f"unknown config key {name}.{key}; {name} has {sorted(hints)}")
@@ -237,6 +264,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML scalars) to a raw dict."""
+    _check_shape(raw)
     out = {k: dict(v or {}) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -247,14 +275,50 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the presets that ship with the package (``acdc``, ``synapse``, ``cpu_quick``, ``demo``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a packaged preset (``acdc`` or ``acdc.yaml``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    name = p.name.removesuffix(".yaml")
+    if p.parent == Path(".") and name in presets():
+        return PRESETS_DIR / f"{name}.yaml"
+    raise ConfigError(f"{p}: config file not found (nor a preset; presets: {', '.join(presets())})")
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a config file or preset, its shape checked; errors name the file."""
+    p = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: config file could not be read ({exc})") from None
+    raw = {} if raw is None else raw
+    try:
+        _check_shape(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    raw: dict[str, Any] = {}
+    """A validated Config from a YAML file (or preset name) and ``section.key=value`` overrides."""
+    raw = read_yaml_config(path) if path is not None else {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+            cfg = from_dict(raw)  # the file on its own first, so its mistakes name the file
+        except ConfigError as exc:
+            raise ConfigError(f"{resolve_config_path(path)}: {exc}") from None
+        if not overrides:
+            return cfg
     return from_dict(apply_overrides(raw, overrides or []))

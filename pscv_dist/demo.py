@@ -14,17 +14,10 @@ from pathlib import Path
 
 import yaml
 
-# The demo's training config (configs/demo.yaml holds the same, for reading and for torchrun use).
-DEMO_CONFIG = {
-    "data": {"train_split": "fold0/train", "val_split": "fold0/val", "batch_size": 8, "num_workers": 1},
-    "augment": {"backend": "kornia"},
-    "model": {"base_width": 16, "depth": 4},
-    "loss": {"name": "pscv", "lambda_cv": 0.001, "mu": 1e-5, "tau": 0.07},
-    "optim": {"lr": 0.01},
-    "train": {"iterations": 300, "log_every": 10, "val_every": 100, "ckpt_every": 100, "keep_last": 2,
-              "progress": True},
-    "tracking": {"experiment": "pscv-demo", "run_name": "demo", "register_model": "pscv-demo"},
-}
+from .config import read_yaml_config
+from .errors import PscvError
+
+PRESET = "demo"  # the packaged preset pscv_dist/configs/demo.yaml: the one copy of the demo's config
 N_PHANTOMS, SIZE = 20, 64
 
 
@@ -32,6 +25,8 @@ def run_demo(out: str = "demo_out", workers: int = 2, iterations: int | None = N
     from .data.prepare import PrepareConfig, prepare
     from .data.synthetic import write_phantoms
     from .eval.run import run_evaluation
+    from .trainer import SUMMARY
+    from .tracking import attach_run
 
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -42,7 +37,7 @@ def run_demo(out: str = "demo_out", workers: int = 2, iterations: int | None = N
     print(f"[2/4] converting them to a Zarr v3 store with one click per organ per slice: {store}")
     prepare(PrepareConfig(str(src), str(store), "nifti", size=SIZE, seed=0, workers=workers, overwrite=True))
 
-    cfg = json.loads(json.dumps(DEMO_CONFIG))
+    cfg = read_yaml_config(PRESET)
     cfg["data"]["store"] = str(store)
     cfg["train"]["out_dir"] = str(out_dir / "run")
     if iterations is not None:
@@ -54,16 +49,13 @@ def run_demo(out: str = "demo_out", workers: int = 2, iterations: int | None = N
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
            "-m", "pscv_dist.train", "--config", str(cfg_path)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise RuntimeError(f"training failed (exit {proc.returncode}); command: {' '.join(cmd)}")
-    summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+        raise PscvError(f"training failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    summary = json.loads((Path(cfg["train"]["out_dir"]) / SUMMARY).read_text())
 
     print(f"[4/4] evaluating the best checkpoint on the held-out phantoms ({cfg['data']['val_split']})")
-    import mlflow
-
-    mlflow.set_tracking_uri(summary["tracking_uri"])
-    with mlflow.start_run(run_id=summary["mlflow_run_id"]):
+    with attach_run(summary["tracking_uri"], summary["mlflow_run_id"]):
         results = run_evaluation(str(out_dir / "run" / "best"), str(store), cfg["data"]["val_split"],
                                  out=str(out_dir / "results.json"), plots=str(out_dir / "eval"))
     print(f"\ndone in {time.time() - t0:.0f} s. Look at:\n"

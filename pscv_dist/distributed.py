@@ -65,6 +65,21 @@ def shutdown(state: DistState) -> None:
         dist.destroy_process_group()
 
 
+def barrier(state: DistState) -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if state.distributed:
+        dist.barrier()
+
+
+def gather_objects(local: list, state: DistState | None) -> list:
+    """Concatenate every rank's list of picklable objects, in rank order (a copy in one process)."""
+    if state is None or not state.distributed:
+        return list(local)
+    parts: list[list | None] = [None] * state.world_size
+    dist.all_gather_object(parts, local)
+    return [item for part in parts for item in part]  # type: ignore[union-attr]
+
+
 def _active(group) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 

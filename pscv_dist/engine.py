@@ -1,21 +1,33 @@
-"""Training engines: DDP (default) and DeepSpeed, behind one small interface.
+"""Training engines: DDP (default) and DeepSpeed, behind one protocol.
 
-Both get the project's own model, SGD optimizer and poly schedule; both run the same loss and the
-same NaN guard (every rank's "finite" flag all-reduced before the optimizer step). bf16 autocast
-on CUDA (``train.precision=auto``), fp32 on CPU.
+Every engine has the same methods, and the trainer uses nothing else:
+
+- ``module``                   the bare network (weights, ``state_dict``, evaluation);
+- ``forward(x)``               logits (autocast where configured);
+- ``no_sync(last_micro)``      context that skips the gradient all-reduce inside an accumulation cycle;
+- ``backward(loss, last_micro)``
+- ``step(finite) -> bool``     the NaN guard and the optimizer step: ``finite`` (this rank's loss) is
+                               all-reduced ONCE per step; False (no update) when any rank saw NaN/inf;
+- ``lr``                       the current learning rate;
+- ``save(folder)`` / ``load(folder)``  the engine's own state inside a checkpoint folder (collective).
+
+Both get the project's own model, SGD optimizer and poly schedule. bf16 autocast on CUDA
+(``train.precision=auto``), fp32 on CPU.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from .checkpoint import read
 from .config import Config
 from .distributed import DistState, all_finite
+from .errors import CheckpointError
+from .model.bundle import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +51,7 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 class Engine:
-    """``forward``, ``backward``, ``step`` (returns False when a rank saw a non-finite loss)."""
+    """The engine protocol (see the module docstring); subclasses implement every method."""
 
     def __init__(self, model: nn.Module, cfg: Config, state: DistState):
         self.cfg, self.state = cfg, state
@@ -52,6 +64,28 @@ class Engine:
 
     @property
     def module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def no_sync(self, last_micro: bool):
+        raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        raise NotImplementedError
+
+    def step(self, loss_finite: torch.Tensor) -> bool:
+        raise NotImplementedError
+
+    @property
+    def lr(self) -> float:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, folder: Path) -> None:
         raise NotImplementedError
 
 
@@ -101,15 +135,22 @@ class DDPEngine(Engine):
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+    OPTIM = "optim.pt"
 
-    def load_state_dict(self, sd: dict[str, Any], ckpt_dir: Path | None = None) -> None:
-        self.optimizer.load_state_dict(sd["optimizer"])
-        self.scheduler.load_state_dict(sd["scheduler"])
+    def save(self, folder: Path) -> None:
+        """Rank 0 writes the optimizer and scheduler (identical on every rank under DDP)."""
+        if self.state.is_main:
+            save_atomic({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                        folder / self.OPTIM)
 
-    def save_engine(self, path: Path) -> None:
-        """DDP keeps everything in train_state.pt."""
+    def load(self, folder: Path) -> None:
+        sd = read(folder / self.OPTIM)
+        try:
+            self.optimizer.load_state_dict(sd["optimizer"])
+            self.scheduler.load_state_dict(sd["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder / self.OPTIM}: optimizer state does not fit this model and optimizer "
+                                  f"({type(exc).__name__}: {exc})") from None
 
 
 class DeepSpeedEngine(Engine):
@@ -167,15 +208,18 @@ class DeepSpeedEngine(Engine):
     def lr(self) -> float:
         return self.engine.get_lr()[0]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+    def save(self, folder: Path) -> None:
+        """DeepSpeed's own sharded state (module, optimizer, scheduler); collective."""
+        self.engine.save_checkpoint(str(folder / "engine"), tag="state", save_latest=False)
 
-    def load_state_dict(self, sd: dict[str, Any], ckpt_dir: Path | None = None) -> None:
-        if ckpt_dir is not None:
-            self.engine.load_checkpoint(str(ckpt_dir / "engine"), tag="state", load_module_strict=True)
-
-    def save_engine(self, path: Path) -> None:
-        self.engine.save_checkpoint(str(path / "engine"), tag="state", save_latest=False)
+    def load(self, folder: Path) -> None:
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder / "engine"), tag="state", load_module_strict=True)
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{folder / 'engine'}: DeepSpeed state could not be loaded "
+                                  f"({type(exc).__name__}: {exc})") from None
+        if path is None:
+            raise CheckpointError(f"{folder / 'engine'}: no DeepSpeed state found in the checkpoint")
 
 
 def build_engine(model: nn.Module, cfg: Config, state: DistState, local_batch: int) -> Engine:

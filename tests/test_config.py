@@ -2,10 +2,11 @@
 from pathlib import Path
 
 import pytest
-import yaml
+import torch
 
-from pscv_dist.config import ConfigError, load_config
-from pscv_dist.demo import DEMO_CONFIG
+from pscv_dist.config import PRESETS_DIR, ConfigError, load_config, presets
+from pscv_dist.losses import objective_names
+from pscv_dist.model.unet import DEFAULT_DROPOUT, UNet, default_dropout
 from pscv_dist.train import main as train_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -23,8 +24,30 @@ def test_paper_protocols():
     assert (syn.optim.lr, syn.train.iterations, syn.loss.lambda_cv) == (0.001, 100000, 0.3)
 
 
-def test_demo_yaml_is_the_embedded_demo_config():
-    assert yaml.safe_load((CONFIGS / "demo.yaml").read_text()) == DEMO_CONFIG
+def test_one_copy_of_each_preset_shipped_in_the_package():
+    # the top-level configs/ is the package's folder, not a second copy that can drift
+    assert CONFIGS.resolve() == PRESETS_DIR.resolve()
+    assert presets() == ["acdc", "cpu_quick", "demo", "synapse"]
+    assert load_config("acdc") == load_config(CONFIGS / "acdc.yaml") == load_config("acdc.yaml")
+
+
+def test_demo_loads_its_preset_not_a_copy():
+    import pscv_dist.demo as demo
+
+    assert not hasattr(demo, "DEMO_CONFIG") and demo.PRESET == "demo"
+
+
+def test_loss_names_come_from_the_objective_registry():
+    from pscv_dist.losses.objectives import OBJECTIVES
+
+    assert set(objective_names()) == {"pce", "entmini", "ms", "pscv", "fullsup"}
+    with pytest.raises(ConfigError, match="loss.name='probe' is not allowed"):
+        load_config(None, ["loss.name=probe"])
+    OBJECTIVES["probe"] = OBJECTIVES["pce"]  # a newly registered objective is accepted at once
+    try:
+        assert load_config(None, ["loss.name=probe"]).loss.name == "probe"
+    finally:
+        del OBJECTIVES["probe"]
 
 
 def test_overrides_and_flat_dict():
@@ -38,7 +61,10 @@ def test_overrides_and_flat_dict():
 @pytest.mark.parametrize("override,message", [
     ("loss.lambda=1", "unknown config key loss.lambda"),
     ("trian.iterations=5", "unknown config section 'trian'"),
-    ("loss.name=dice", "loss.name='dice' is not allowed; expected one of ['pce', 'entmini', 'ms', 'pscv', 'fullsup']"),
+    ("loss.name=dice", "loss.name='dice' is not allowed; expected one of"),
+    ("tracking.image_every=-1", "tracking.image_every=-1 is out of range; expected >= 0"),
+    ("model.dropout=[0.1,0.1]", "model.dropout=[0.1, 0.1] has 2 values; model.depth=4 needs depth+1 = 5"),
+    ("model.dropout=[0,0,0,0,1]", "model.dropout=[0.0, 0.0, 0.0, 0.0, 1.0]: each value must be in [0, 1)"),
     ("train.zero_stage=3", "train.zero_stage=3 is not allowed; expected one of [0, 1, 2]"),
     ("data.batch_size=0", "data.batch_size=0 is out of range; expected >= 1"),
     ("optim.lr=-1", "optim.lr=-1.0 is out of range; expected > 0"),
@@ -61,6 +87,35 @@ def test_bad_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("loss: [1, 2")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("- data\n- model\n", "the top level must be a mapping of sections (data:, model:, ...), found a list"),
+    ("42\n", "the top level must be a mapping of sections (data:, model:, ...), found a int"),
+    ("loss: pscv\n", "section 'loss' must be a mapping of keys, found a str: 'pscv'"),
+    ("loss:\n  - name\n", "section 'loss' must be a mapping of keys, found a list"),
+    ("train:\n  iterations: -5\n", "train.iterations=-5 is out of range"),
+])
+def test_config_file_shape_errors_name_the_file(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    for overrides in ([], ["train.seed=1"]):  # with and without overrides: never a TypeError
+        with pytest.raises(ConfigError) as err:
+            load_config(path, overrides)
+        assert str(err.value).startswith(str(path)) and message in str(err.value)
+
+
+@pytest.mark.parametrize("depth", range(1, 8))
+def test_every_allowed_depth_has_a_working_default_dropout(depth):
+    cfg = load_config(None, [f"model.depth={depth}"])
+    drop = default_dropout(cfg.model.depth)
+    assert len(drop) == depth + 1 and drop[-1] == 0.5 and all(0 <= p < 1 for p in drop)
+    model = UNet(1, 3, 2, depth)  # the trainer's call: dropout None -> the default
+    assert model.dropout == drop
+    side = 2 ** (depth + 1)  # the deepest level is 2x2: BatchNorm needs more than one value
+    assert model(torch.zeros(1, 1, side, side)).shape == (1, 3, side, side)
+    if depth == 4:
+        assert drop == DEFAULT_DROPOUT
 
 
 def test_train_refuses_before_starting(tmp_path, capsys):

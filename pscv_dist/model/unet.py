@@ -15,6 +15,14 @@ from torch import nn
 DEFAULT_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
+def default_dropout(depth: int) -> tuple[float, ...]:
+    """depth+1 encoder dropout rates: the literature's (0.05, 0.1, 0.2, 0.3) for the first levels
+    (as many as there are, at most four), then 0.5 for every deeper level. Depth 4 gives exactly
+    :data:`DEFAULT_DROPOUT`; depth 2 gives (0.05, 0.1, 0.5); depth 6 gives (..., 0.3, 0.5, 0.5, 0.5)."""
+    shallow = min(depth, 4)
+    return tuple(DEFAULT_DROPOUT[:shallow]) + (0.5,) * (depth + 1 - shallow)
+
+
 class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, dropout: float):
         super().__init__(
@@ -49,8 +57,8 @@ class UNet(nn.Module):
         num_classes: K, background included.
         base_width: channels of the first level; level i has base_width·2^i.
         depth: number of down-sampling steps; H and W must be divisible by 2^depth.
-        dropout: encoder dropout per level (depth + 1 values); default the literature's
-            (0.05, 0.1, 0.2, 0.3, 0.5) for depth 4.
+        dropout: encoder dropout per level (depth + 1 values); default :func:`default_dropout`
+            (the literature's (0.05, 0.1, 0.2, 0.3, 0.5) at depth 4).
         upsample: ``transpose`` (2x2 transposed conv, default) or ``bilinear``.
 
     Raises:
@@ -64,7 +72,7 @@ class UNet(nn.Module):
             raise ValueError(f"need in_channels>=1, num_classes>=2, base_width>=1, depth>=1; got "
                              f"{in_channels}, {num_classes}, {base_width}, {depth}")
         if dropout is None:
-            dropout = DEFAULT_DROPOUT if depth == 4 else tuple(DEFAULT_DROPOUT[:depth]) + (0.5,) * (depth + 1 - min(depth, 4))
+            dropout = default_dropout(depth)
         dropout = tuple(float(p) for p in dropout)
         if len(dropout) != depth + 1 or not all(0 <= p < 1 for p in dropout):
             raise ValueError(f"dropout needs depth+1={depth + 1} values in [0, 1), got {dropout}")

@@ -18,7 +18,8 @@ import psutil
 import pytest
 import torch
 
-from pscv_dist.checkpoint import complete_checkpoints, latest_checkpoint, load_model
+from pscv_dist.checkpoint import complete_checkpoints, latest_checkpoint
+from pscv_dist.model.bundle import load_model
 from pscv_dist.data import SliceStore
 from pscv_dist.eval.evaluate import evaluate
 
@@ -159,8 +160,9 @@ def test_mlflow_run_contents(straight_run, store48, tmp_path):
     assert {"overlays", "checkpoint"} <= arts
     overlay_dir = client.list_artifacts(run.info.run_id, "overlays")[0].path
     assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, overlay_dir)} == {"overlay_best.png", "overlay_worst.png"}
-    version = client.get_model_version_by_alias("pscv-test", "latest")
+    version = client.get_model_version_by_alias("pscv-test", "latest")  # MLflow's reserved alias: newest version
     assert version.run_id == run.info.run_id
+    assert run.info.status == "FINISHED", "a failed registry call must not leave the run open"
     # deploy from the registry: pscv predict --model-uri
     from pscv_dist.cli import main
 

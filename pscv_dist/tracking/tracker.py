@@ -1,11 +1,12 @@
-"""MLflow tracking on rank 0, and loading models back from the registry.
+"""The training run in MLflow, on rank 0.
 
-Default: a local sqlite store ``sqlite:///<out_dir>/mlflow.db`` with an explicit artifact folder
-(``<out_dir>/mlartifacts``), so nothing lands in a stray ``./mlruns``. If the tracking server is
-unreachable or a call fails, one warning is logged and training goes on with local logs only.
+Default store: a local sqlite database ``sqlite:///<out_dir>/mlflow.db`` with an explicit artifact
+folder (``<out_dir>/mlartifacts``), so nothing lands in a stray ``./mlruns``. If the tracking server
+is unreachable or a call fails, one warning is logged and training goes on with its local logs.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model, save_model
+from ..model.bundle import save_model
+from .runs import known
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ class Tracker:
     """A no-op on ranks other than 0 and when disabled; never raises into the training loop."""
 
     def __init__(self, cfg, out_dir: str, enabled: bool, params: dict[str, Any], resume_run_id: str | None = None):
-        self.cfg, self.active, self.run_id = cfg, False, None
+        self.cfg, self.active, self.run_id, self.uri = cfg, False, None, None
         if not enabled:
             return
         try:
@@ -59,53 +61,40 @@ class Tracker:
             self._disable(exc)
             return None
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        self._call(lambda: self.mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step))
-
-    def figure(self, fig, name: str) -> None:
-        self._call(lambda: self.mlflow.log_figure(fig, name))
+    def metrics(self, values: dict[str, Any], step: int) -> None:
+        """Log the known values (None / NaN / inf are left out, never written as 0)."""
+        values = known(values)
+        if values:
+            self._call(lambda: self.mlflow.log_metrics(values, step=step))
 
     def artifact(self, path: str, artifact_path: str | None = None) -> None:
         self._call(lambda: self.mlflow.log_artifact(path, artifact_path=artifact_path))
 
     def log_model(self, model: torch.nn.Module, meta: dict[str, Any], register_as: str | None) -> None:
-        """Log the model (MLflow's pt2 format; batch and H, W left dynamic), its pscv metadata and
-        the raw checkpoint bundle; register it and point the alias ``latest`` at the new version."""
+        """Log a float32 CPU COPY of the model (MLflow's pt2 format; batch and H, W left dynamic), its
+        pscv metadata and the raw model bundle, and register it as a new version of ``register_as``.
+        ``models:/NAME@latest`` then resolves to it: MLflow reserves the alias ``latest`` for the newest
+        version (setting it explicitly is refused). The live training module is not moved, cast or
+        switched to eval mode."""
         def do():
             import numpy as np
             from mlflow.models import ModelSignature
             from mlflow.types import Schema, TensorSpec
 
-            model_cpu = model.to("cpu").eval()
+            snapshot = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
             s = meta["size"]
+            k = meta["model"]["num_classes"]
             sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
-                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta["model"]["num_classes"], -1, -1))]))
-            info = self.mlflow.pytorch.log_model(model_cpu, name="model", signature=sig,
-                                                 input_example=torch.zeros(2, 1, s, s).numpy(),
+                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k, -1, -1))]))
+            info = self.mlflow.pytorch.log_model(snapshot, name="model", signature=sig,
+                                                 input_example=np.zeros((2, 1, s, s), np.float32),
                                                  metadata={"pscv": meta}, registered_model_name=register_as)
             with tempfile.TemporaryDirectory() as tmp:
-                bundle = save_model(Path(tmp) / "model.pt", model_cpu, meta)
+                bundle = save_model(Path(tmp) / "model.pt", snapshot, meta)
                 self.mlflow.log_artifact(str(bundle), artifact_path="checkpoint")
-            if register_as and info.registered_model_version:
-                self.mlflow.MlflowClient().set_registered_model_alias(register_as, "latest", info.registered_model_version)
             return info
         return self._call(do)
 
     def end(self, status: str = "FINISHED") -> None:
         self._call(lambda: self.mlflow.end_run(status=status))
         self.active = False
-
-
-def load_registered_model(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A model from the registry (``models:/NAME@ALIAS`` or ``runs:/ID/model``): the pscv bundle logged
-    beside it is rebuilt as a UNet, so prediction uses the training normalisation and size."""
-    import mlflow
-
-    try:
-        info = mlflow.models.get_model_info(model_uri)
-        run_uri = f"runs:/{info.run_id}/checkpoint/model.pt"
-        local = mlflow.artifacts.download_artifacts(run_uri)
-    except Exception as exc:
-        raise ValueError(f"{model_uri}: model not found in the MLflow registry at {mlflow.get_tracking_uri()} "
-                         f"({type(exc).__name__}: {exc})") from None
-    return load_model(local)
