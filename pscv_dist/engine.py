@@ -172,7 +172,7 @@ class DeepSpeedEngine(Engine):
             "gradient_accumulation_steps": cfg.train.grad_accum,
             "zero_optimization": {"stage": cfg.train.zero_stage},
             "zero_allow_untested_optimizer": True,  # torch SGD: ZeRO 1-2 shard its momentum like any state
-            "bf16": {"enabled": self.amp is not None and state.device.type == "cuda"},
+            "bf16": {"enabled": self.amp is not None},  # auto on CUDA, or train.precision=bf16 (also on CPU)
             "gradient_clipping": 0.0,  # DeepSpeed may clip by default; the protocol (and the DDP engine) does not
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
