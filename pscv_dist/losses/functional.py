@@ -2,13 +2,40 @@
 
 Reduction convention (METHOD.md): a per-image quantity is summed over its classes / pixels, then
 averaged over the images of the batch, so a loss does not change with how a global batch is split.
+
+Split invariance (METHOD.md, distributed semantics). The global batch is split exactly over the W
+ranks of a process group; rank r returns L_r, DDP averages gradients. A term is split-invariant when
+
+    (1/W) Σ_r L_r = L(global batch)   and   (1/W) ∂L_r/∂x_r = ∂L(global batch)/∂x_r
+
+for every rank's own inputs x_r. Per-image means (TV, Mumford-Shah, CV) and per-pixel means over
+equally sized local batches (entropy, dense CE) meet it as they are. Two terms need the group:
+
+* pCE averages over the LABELLED pixels, whose count differs between ranks. With ce_i the
+  cross-entropy of labelled pixel i, Ω_r rank r's labelled pixels and N = Σ_r |Ω_r| (all-reduced,
+  no gradient)::
+
+      L_r = W · Σ_{i∈Ω_r} ce_i / N          (N = 0 on every rank: L_r = 0, with a graph)
+
+  so the mean over ranks is Σ_i ce_i / N, the one-process pCE (Tang et al. 2018; PSCV Eq. 2).
+* soft Dice is a ratio of batch sums S = (Σ Ŷ_k G_k, Σ Ŷ_k², Σ G_k). With S = Σ_r S_r all-reduced
+  (no gradient) and S̃_r = S + W·(S_r - sg(S_r)) (sg = stop-gradient; S̃_r equals S in value)::
+
+      L_r = Dice(S̃_r)
+
+  so every rank's value is the global Dice and (1/W) ∂L_r/∂S_r = ∂Dice/∂S.
+
+Without a process group (or with W = 1) both are computed exactly as in one process.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+from ..distributed import rank_in
 
 EPS = 1e-8
 
@@ -25,10 +52,19 @@ def _check_probs(probs: torch.Tensor, images: torch.Tensor | None = None) -> Non
                              f"{tuple(probs.shape)}, got {tuple(images.shape)}")
 
 
-def partial_cross_entropy(logits: torch.Tensor, points: torch.Tensor, ignore_index: int) -> torch.Tensor:
+def _world(process_group) -> int:
+    """W of ``process_group`` (None = the default group when one is initialised), 1 without one."""
+    return rank_in(process_group)[1]
+
+
+def partial_cross_entropy(logits: torch.Tensor, points: torch.Tensor, ignore_index: int,
+                          process_group=None) -> torch.Tensor:
     """pCE (Tang et al. 2018; PSCV Eq. 2): cross-entropy over the labelled pixels only, averaged over
-    them. ``points`` (B, H, W) int64 holds ``ignore_index`` where unlabelled. No labelled pixel
-    gives 0 (with a graph), not NaN.
+    the labelled pixels of the GLOBAL batch: ``L_r = W · Σ_{i∈Ω_r} ce_i / N`` with N all-reduced over
+    ``process_group`` (see the module docstring). ``points`` (B, H, W) int64 holds ``ignore_index``
+    where unlabelled. A rank without labelled pixels returns 0 with a graph and still joins the
+    all-reduce; no labelled pixel anywhere gives 0 (with a graph), not NaN. Collective: every rank of
+    the group must call it. Without a group (or W = 1) it is the plain mean over labelled pixels.
 
     Raises:
         ValueError: shapes or dtypes do not match.
@@ -37,9 +73,17 @@ def partial_cross_entropy(logits: torch.Tensor, points: torch.Tensor, ignore_ind
         raise ValueError(f"points must be (B, H, W) matching logits {tuple(logits.shape)}, got {tuple(points.shape)}")
     if points.dtype != torch.int64:
         raise ValueError(f"points must be int64, got {points.dtype}")
-    if not (points != ignore_index).any():
+    world = _world(process_group)
+    if world == 1:
+        if not (points != ignore_index).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, points, ignore_index=ignore_index)
+    count = (points != ignore_index).sum().reshape(1)
+    dist.all_reduce(count, group=process_group)  # every rank, labelled pixels or not
+    total = int(count.item())
+    if total == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, points, ignore_index=ignore_index)
+    return F.cross_entropy(logits, points, ignore_index=ignore_index, reduction="sum") * (world / total)
 
 
 def variance_maps(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -85,14 +129,24 @@ def entropy_minimization(probs: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return ent.mean() / math.log(k)
 
 
-def soft_dice_loss(probs: torch.Tensor, label: torch.Tensor, classes: list[int], smooth: float = 1e-5) -> torch.Tensor:
-    """Soft Dice loss over the batch, averaged over ``classes`` (TransUNet's DiceLoss, foreground
-    classes): ``1 - (2 Σ Ŷ_k G_k + s) / (Σ Ŷ_k² + Σ G_k + s)``."""
+def soft_dice_loss(probs: torch.Tensor, label: torch.Tensor, classes: list[int], smooth: float = 1e-5,
+                   process_group=None) -> torch.Tensor:
+    """Soft Dice loss over the GLOBAL batch, averaged over ``classes`` (TransUNet's DiceLoss,
+    foreground classes): ``1 - (2 Σ Ŷ_k G_k + s) / (Σ Ŷ_k² + Σ G_k + s)``, the sums taken over every
+    rank of ``process_group`` (all-reduced, gradients kept for this rank's share; see the module
+    docstring). Collective under a group; without one (or W = 1) the sums are this batch's."""
     _check_probs(probs)
     if label.shape != (probs.shape[0], *probs.shape[2:]):
         raise ValueError(f"label must be (B, H, W) matching probs {tuple(probs.shape)}, got {tuple(label.shape)}")
-    losses = []
+    sums = []
     for k in classes:
         p, g = probs[:, k], (label == k).to(probs.dtype)
-        losses.append(1 - (2 * (p * g).sum() + smooth) / ((p * p).sum() + g.sum() + smooth))
-    return torch.stack(losses).mean()
+        sums.append(torch.stack([(p * g).sum(), (p * p).sum(), g.sum()]))
+    s = torch.stack(sums)  # (C, 3): intersection, Σ Ŷ², Σ G per class
+    world = _world(process_group)
+    if world > 1:
+        total = s.detach().clone()
+        dist.all_reduce(total, group=process_group)
+        s = total + world * (s - s.detach())  # the global sums in value, W x this rank's gradient
+    inter, pp, gg = s.unbind(1)
+    return (1 - (2 * inter + smooth) / (pp + gg + smooth)).mean()

@@ -22,6 +22,16 @@ def test_pce_without_labels_is_zero_not_nan():
     assert loss.item() == 0 and torch.isfinite(logits.grad).all()
 
 
+def test_one_process_pce_is_exactly_the_plain_mean():
+    """Without a process group the pCE is bit-for-bit today's: the mean over labelled pixels."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, 5, generator=g)
+    points = torch.full((3, 5, 5), 4)
+    points[0, 1, 2], points[2, 3, 3], points[2, 0, 0] = 1, 3, 0
+    assert torch.equal(partial_cross_entropy(logits, points, 4),
+                       torch.nn.functional.cross_entropy(logits, points, ignore_index=4))
+
+
 def test_variance_maps_by_hand():
     # I = (0, 1); class 0 probs (0.8, 0.2): c = 0.2, z = (0.04*0.8, 0.64*0.2)
     probs = torch.tensor([[[[0.8, 0.2]], [[0.2, 0.8]]]], dtype=torch.float64)
