@@ -11,8 +11,9 @@ import torch.distributed as dist
 
 from ..data import SliceStore
 from ..distributed import DistState
+from ..errors import CheckpointError
 from .inference import predict_volume
-from .metrics import CONVENTIONS, case_metrics, edge_filter, summarize
+from .metrics import CONVENTIONS, case_metrics, check_edge_filter, edge_filter, summarize
 from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,13 @@ def check_compatible(meta: dict[str, Any], store: SliceStore, where: str = "chec
     """The model must predict the store's classes."""
     k = meta["model"]["num_classes"]
     if k != store.num_classes:
-        raise ValueError(f"{where}: model predicts {k} classes {meta.get('classes')}, but store {store.path} "
-                         f"has {store.num_classes} classes {store.classes}")
+        raise CheckpointError(f"{where}: model predicts {k} classes {meta.get('classes')}, but store {store.path} "
+                              f"has {store.num_classes} classes {store.classes}")
+
+
+def case_widths(store: SliceStore, cases: list[str]) -> dict[str, int]:
+    """{"case 'id'": native width W} of the store's cases (from the metadata; nothing is read)."""
+    return {f"case {c!r}": int(store.meta.cases[c].shape[-1]) for c in cases if c in store.meta.cases}
 
 
 def _gather_objects(local: list, state: DistState | None) -> list:
@@ -40,6 +46,7 @@ def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: 
     """Per-case and class-averaged 3D Dice / HD95 of ``cases``. Rank r evaluates cases[r::W]."""
     if convention not in CONVENTIONS:
         raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
+    check_edge_filter(edge_pixels, case_widths(store, cases))  # every rank, before any case is run
     rank, world = (state.rank, state.world_size) if state is not None else (0, 1)
     mine = cases[rank::world]
     local, preds = [], {}

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..errors import ConfigError
+
 CONVENTIONS = ("strict", "literature")
 
 
@@ -119,9 +121,27 @@ def summarize(per_case: list[dict[str, Any]], classes: list[str]) -> dict[str, A
     return out
 
 
+def check_edge_filter(pixels: int, widths: dict[str, int]) -> None:
+    """The Synapse edge filter must leave some columns: ``0 <= pixels`` and ``2 · pixels < W`` for the
+    native width W of every volume in ``widths`` ({description: W}, e.g. ``{"case 'p01'": 232}``).
+
+    Raises:
+        ConfigError: naming ``--edge-filter``, the narrowest case and the largest allowed value.
+    """
+    if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 0:
+        raise ConfigError(f"--edge-filter: expected a number of pixels >= 0, found {pixels!r}")
+    if pixels and widths:
+        where, w = min(widths.items(), key=lambda item: item[1])
+        if 2 * pixels >= w:
+            raise ConfigError(f"--edge-filter {pixels}: would set the whole width of {where} ({w} pixels) to "
+                              f"background; expected at most {(w - 1) // 2}")
+
+
 def edge_filter(pred: np.ndarray, pixels: int) -> np.ndarray:
-    """Synapse protocol: set the ``pixels`` columns nearest the left and right edges to background."""
-    if pixels <= 0:
+    """Synapse protocol: set the ``pixels`` columns nearest the left and right edges to background
+    (the last axis; ``0 <= 2·pixels < W``)."""
+    check_edge_filter(pixels, {f"a volume of shape {pred.shape}": pred.shape[-1]})
+    if pixels == 0:
         return pred
     out = pred.copy()
     out[..., :pixels] = 0

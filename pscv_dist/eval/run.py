@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..checkpoint import load_model
+import torch.distributed as dist
+
+from ..model.bundle import load_model
 from ..data import SliceStore
-from ..distributed import init_distributed, shutdown
-from .evaluate import check_compatible, evaluate
+from ..distributed import DistState, init_distributed, shutdown
+from ..errors import OutputError
+from .evaluate import case_widths, check_compatible, evaluate
+from .metrics import check_edge_filter
+from .paths import check_writable_dir, check_writable_file, same_file
 from .report import box_plot, markdown_table, overlays
 
 
@@ -23,15 +28,64 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    p, d = path.resolve(), folder.resolve()
+    return p == d or d in p.parents
+
+
+def check_outputs(out: str | None, plots: str | None, checkpoint: str, store_path: str) -> None:
+    """``out`` (results.json) a writable file path that is not the checkpoint; ``plots`` a writable
+    or creatable folder; neither inside a local store.
+
+    Raises:
+        OutputError: one line naming the path.
+    """
+    ckpt = Path(checkpoint)
+    ckpt_file = ckpt / "model.pt" if ckpt.is_dir() else ckpt
+    store_dir = Path(store_path) if "://" not in str(store_path) and Path(store_path).is_dir() else None
+    for path, option in ((out, "--out"), (plots, "--plots")):
+        if path and store_dir is not None and _inside(Path(path), store_dir):
+            raise OutputError(f"{path}: {option} is inside the store {store_path}; write it elsewhere")
+    if out:
+        if same_file(out, ckpt_file):
+            raise OutputError(f"{out}: --out is the checkpoint {ckpt_file}; the results would replace it")
+        check_writable_file(out)
+    if plots:
+        check_writable_dir(plots)
+
+
+def _agreed(check: Callable[[], None], state: DistState) -> None:
+    """Run ``check`` on rank 0 (the only writer) and raise its OutputError on every rank, so that no
+    rank is left waiting in a collective for one that stopped."""
+    message = None
+    if state.is_main:
+        try:
+            check()
+        except OutputError as exc:
+            message = str(exc)
+    if state.distributed:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise OutputError(message)
+
+
 def run_evaluation(checkpoint: str, store_path: str, split: str, convention: str = "strict", edge_pixels: int = 0,
                    out: str | None = None, plots: str | None = None, progress: bool = True) -> dict[str, Any] | None:
+    """Everything that can be refused is refused before the model is loaded: outputs that cannot be
+    written (checked by rank 0, the writer, and agreed by every rank), an unknown split, an
+    ``edge_pixels`` that is negative or covers a whole case width."""
     state = init_distributed()
     try:
+        _agreed(lambda: check_outputs(out, plots, checkpoint, store_path), state)
+        store = SliceStore(store_path)
+        cases = store.split(split)
+        check_edge_filter(edge_pixels, case_widths(store, cases))
         model, meta = load_model(checkpoint, map_location=state.device)
         model.to(state.device)
-        store = SliceStore(store_path)
         check_compatible(meta, store, where=str(checkpoint))
-        results = evaluate(model, store, store.split(split), meta["size"], convention, edge_pixels, state,
+        results = evaluate(model, store, cases, meta["size"], convention, edge_pixels, state,
                            device=state.device, progress=progress, keep_predictions=plots is not None)
         if not state.is_main:
             return None

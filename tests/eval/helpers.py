@@ -1,6 +1,6 @@
 import torch
 
-from pscv_dist.checkpoint import model_meta, save_model
+from pscv_dist.model.bundle import model_meta, save_model
 from pscv_dist.model import UNet
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pscv_dist.checkpoint import load_model
+from pscv_dist.model.bundle import load_model
 from pscv_dist.cli import main
 from pscv_dist.data import SliceStore
 from pscv_dist.distributed import DistState

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from pscv_dist.errors import ConfigError
 from pscv_dist.eval.metrics import (case_metrics, class_metrics, diagonal, dice, edge_filter, hd95,
                                     summarize)
 
@@ -111,3 +112,9 @@ def test_edge_filter():
     out = edge_filter(pred, 3)
     assert out[..., :3].sum() == 0 and out[..., -3:].sum() == 0 and out[..., 3:7].all()
     assert edge_filter(pred, 0) is pred
+    assert edge_filter(pred, 4)[..., 4:6].all()  # the widest filter that leaves columns
+    for bad, match in ((-1, "expected a number of pixels >= 0, found -1"),
+                       (5, r"would set the whole width of a volume of shape \(2, 4, 10\) \(10 pixels\)"),
+                       (50, "expected at most 4")):
+        with pytest.raises(ConfigError, match=match):
+            edge_filter(pred, bad)

@@ -3,7 +3,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pscv_dist.checkpoint import load_model
+from pscv_dist.model.bundle import load_model
 from pscv_dist.cli import main
 from pscv_dist.data.volume_io import read_nifti
 from pscv_dist.data.volumes import normalize_intensity
