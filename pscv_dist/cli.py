@@ -32,7 +32,8 @@ def _cmd_prepare(args) -> int:
                             folds=args.folds, per_class=args.points_per_class,
                             include_background=not args.no_background_points,
                             classes=_csv(args.classes) if args.classes else None,
-                            normalization=args.normalization, overwrite=args.overwrite)
+                            normalization=args.normalization, overwrite=args.overwrite,
+                            skip_empty=args.skip_empty)
         return prepare(cfg)
 
     if args.synthetic is not None:
@@ -50,11 +51,14 @@ def _cmd_prepare(args) -> int:
 def _cmd_inspect(args) -> int:
     from .data import SliceStore
     from .data.inspect import format_summary
+    from .data.store import failed_names
 
-    store = SliceStore(args.store)
+    store = SliceStore(args.store)  # refuses (exit 2) a store with missing files or inconsistent metadata
     summary = store.summary()
     if args.verify:
-        summary["verify_failed"] = store.verify()
+        report = store.verify_report()
+        summary["verify_failed"] = failed_names(report)
+        summary["verify_problems"] = report
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 1 if summary.get("verify_failed") else 0
 
@@ -122,13 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-background-points", action="store_true")
     p.add_argument("--classes", help="comma-separated class names, background first (nifti without dataset.json)")
     p.add_argument("--normalization", choices=["mr", "ct", "none"], help="override the layout's default")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is a complete pscv store (anything else at OUT is refused)")
+    p.add_argument("--skip-empty", action="store_true",
+                   help="skip, with a warning, cases whose image is all zero or label all background "
+                        "(default: refuse them)")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("inspect", help="print a store's summary")
     p.add_argument("store")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--verify", action="store_true", help="recompute every case's content hash")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every file and every case's volumes against the checksums recorded at conversion")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("evaluate", help="3D DSC / HD95 of a checkpoint on a split (torchrun-aware)")

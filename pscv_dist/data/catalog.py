@@ -1,10 +1,35 @@
 """What a store says about its dataset: the splits by patient and the dataset fingerprint."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
 import numpy as np
+
+
+@dataclasses.dataclass
+class CaseResult:
+    """What converting one case hands to the store metadata and the fingerprint (from a worker).
+
+    A typed record rather than a dict so that a renamed or missing field fails where it is made,
+    not later in the assembler.
+    """
+
+    case: str
+    patient: str
+    shape: list[int]  # native (Z, H, W)
+    spacing: list[float] | None
+    affine: list[list[float]] | None
+    sha256: str  # content hash of the stored native image and label
+    sample: np.ndarray  # seeded sample of raw intensities (all voxels)
+    sample_fg: np.ndarray  # the same, foreground voxels only
+    voxels_per_class: np.ndarray  # (K,)
+    slices_per_class: np.ndarray  # (K,) training slices in which each class is present
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.shape[0])
 
 
 def patient_folds(case_patient: dict[str, str], cases: list[str], k: int) -> dict[str, list[str]]:
@@ -29,10 +54,13 @@ def patient_folds(case_patient: dict[str, str], cases: list[str], k: int) -> dic
 
 def make_splits(case_patient: dict[str, str], explicit: dict[str, list[str]], folds: int) -> dict[str, list[str]]:
     """``all``, the layout's explicit lists (e.g. Synapse ``train``/``test``), and patient folds
-    over the training cases (``train`` when the layout has one, else all cases)."""
+    over the training cases (``train`` when the layout has one, else all cases).
+
+    Explicit lists keep only the converted cases (a ``--cases`` subset or ``--skip-empty`` drops
+    some): a split must never name a case the store does not hold."""
     cases = list(case_patient)
     splits = {"all": cases}
-    splits.update({k: list(v) for k, v in explicit.items()})
+    splits.update({k: [c for c in v if c in case_patient] for k, v in explicit.items()})
     splits.update(patient_folds(case_patient, splits.get("train") or cases, folds))
     return splits
 
@@ -45,28 +73,28 @@ def _stats(values: np.ndarray) -> dict[str, float] | None:
             "mean": float(values.mean()), "std": float(values.std())}
 
 
-def fingerprint(results: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+def fingerprint(results: list[CaseResult], classes: list[str]) -> dict[str, Any]:
     """Dataset fingerprint (nnU-Net's idea): shapes, spacings, raw intensity percentiles (all voxels
     and foreground, from a seeded sample of each case), voxels and training slices per class, and
     a content hash over every case's native image and label bytes."""
-    spacings = np.array([r["spacing"] for r in results if r["spacing"] is not None], dtype=np.float64)
+    spacings = np.array([r.spacing for r in results if r.spacing is not None], dtype=np.float64)
     digest = hashlib.sha256()
     for r in results:
-        digest.update(f"{r['case']}:{r['sha256']};".encode())
+        digest.update(f"{r.case}:{r.sha256};".encode())
     k = len(classes)
-    voxels = np.sum([r["voxels_per_class"] for r in results], axis=0) if results else np.zeros(k)
-    slices = np.sum([r["slices_per_class"] for r in results], axis=0) if results else np.zeros(k)
+    voxels = np.sum([r.voxels_per_class for r in results], axis=0) if results else np.zeros(k)
+    slices = np.sum([r.slices_per_class for r in results], axis=0) if results else np.zeros(k)
     return {
         "n_cases": len(results),
-        "n_slices": int(sum(r["n_slices"] for r in results)),
-        "shapes": {r["case"]: list(r["shape"]) for r in results},
+        "n_slices": int(sum(r.n_slices for r in results)),
+        "shapes": {r.case: list(r.shape) for r in results},
         "spacing": None if spacings.size == 0 else {
             "median": np.median(spacings, axis=0).tolist(),
             "min": spacings.min(axis=0).tolist(),
             "max": spacings.max(axis=0).tolist(),
         },
-        "intensity": _stats(np.concatenate([r["sample"] for r in results])),
-        "intensity_foreground": _stats(np.concatenate([r["sample_fg"] for r in results])),
+        "intensity": _stats(np.concatenate([r.sample for r in results])),
+        "intensity_foreground": _stats(np.concatenate([r.sample_fg for r in results])),
         "voxels_per_class": {c: int(v) for c, v in zip(classes, voxels)},
         "slices_per_class": {c: int(v) for c, v in zip(classes, slices)},
         "sha256": digest.hexdigest(),

@@ -51,6 +51,23 @@ def check_case(source: CaseSource, vol: CaseVolume, num_label_values: int) -> No
                             f"max difference {np.abs(ig.affine - lg.affine).max():.3g}")
 
 
+class EmptyCase(DataError):
+    """A case with nothing to learn from (all-zero image, or a label with no foreground): refused,
+    or skipped with a warning under ``--skip-empty``."""
+
+
+def check_not_empty(source: CaseSource, image: np.ndarray, label: np.ndarray) -> None:
+    """An all-zero image or an all-background label is almost always a broken export (an empty
+    mask file, a failed conversion); training on it teaches nothing or teaches "background"."""
+    img_file, lab_file = source.files[0], source.files[-1]
+    if not np.any(image):
+        raise EmptyCase(f"{img_file}: image of case {source.case!r} is all zero; expected some signal "
+                        f"(fix or remove the case, or pass --skip-empty to skip such cases)")
+    if not np.any(label):
+        raise EmptyCase(f"{lab_file}: label of case {source.case!r} is all background (no class to click); "
+                        f"expected some foreground (fix or remove the case, or pass --skip-empty)")
+
+
 def check_normalized(source: CaseSource, image: np.ndarray) -> None:
     """For pre-normalised layouts: the image must already lie in [0, 1]."""
     lo, hi = float(image.min()), float(image.max())

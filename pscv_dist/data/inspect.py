@@ -22,5 +22,11 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"{c:<16}{s['voxels_per_class'][c]:>14,}{s['slices_per_class'][c]:>10}")
     if "verify_failed" in s:
         lines.append("")
-        lines.append("verify      " + ("OK" if not s["verify_failed"] else f"CHANGED: {s['verify_failed']}"))
+        lines.append("verify      " + ("OK: every file matches its checksum, every volume its hash"
+                                       if not s["verify_failed"] else f"DAMAGED: {s['verify_failed']}"))
+        for name, problems in s.get("verify_problems", {}).items():
+            for problem in problems[:5]:
+                lines.append(f"  {name}: {problem}")
+            if len(problems) > 5:
+                lines.append(f"  {name}: ... and {len(problems) - 5} more")
     return "\n".join(lines)

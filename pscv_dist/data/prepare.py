@@ -1,10 +1,13 @@
 """``pscv prepare``: a dataset layout -> one Zarr v3 store, checked, parallel and atomic.
 
-Flow: discover and pair the files, check every header (cheap) -> in ``workers`` processes, one
+Flow: parse OUT (unknown protocol, symlink loop) -> discover and pair the files, check every
+header (cheap) -> claim OUT (:mod:`.publish`: not the source, parent writable, exists only with
+``--overwrite`` and only over a complete store, one run at a time) -> in ``workers`` processes, one
 volume at a time per worker: load, check, normalise, write the native volumes, resize, draw the
-clicks -> assemble the sharded slice arrays in case order, one shard in memory at a time -> write
-the root attributes -> rename the staging folder onto the output (or upload it, root metadata
-last, for an fsspec URL). Any failure removes the staging folder: no half-written store appears.
+clicks -> assemble the sharded slice arrays in case order, one shard in memory at a time -> record
+every file's checksum -> write the root attributes -> publish. Any failure removes the run's
+staging folder: no half-written store appears, and nothing at OUT is touched before the new store
+is complete. The array layout itself comes from :mod:`.format` (``ArraySpec``).
 """
 from __future__ import annotations
 
@@ -14,18 +17,21 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
+import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import format as fmt
-from .catalog import content_sha256, fingerprint, make_splits
-from .checks import check_case, check_normalized
+from .catalog import CaseResult, content_sha256, fingerprint, make_splits
+from .checks import EmptyCase, check_case, check_normalized, check_not_empty
+from .integrity import check_complete, filesystem, listing, manifest
+from .lifeline import worker_init
+from .publish import output_target
 from .sources import CaseSource, Layout, discover
-from .volume_io import DataError
+from .volume_io import DataError, check_file
 from .volumes import NORMALIZATIONS, normalize_intensity, resize_image, resize_label, volume_points
+from ..errors import ConfigError
 from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -48,20 +54,17 @@ class PrepareConfig:
     normalization: str | None = None  # override the layout's default
     overwrite: bool = False
     progress: bool = True
+    skip_empty: bool = False  # skip (with a warning) cases whose image is all zero or label all background
 
     def __post_init__(self):
         if self.size < 8 or self.size % 8:
-            raise ValueError(f"--size must be a positive multiple of 8, got {self.size}")
+            raise ConfigError(f"--size must be a positive multiple of 8, got {self.size}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.per_class < 1:
-            raise ValueError(f"points per class must be >= 1, got {self.per_class}")
+            raise ConfigError(f"points per class must be >= 1, got {self.per_class}")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"--normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-
-
-def _is_url(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
+            raise ConfigError(f"--normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
 
 
 def _select(layout: Layout, cfg: PrepareConfig) -> list[CaseSource]:
@@ -80,13 +83,15 @@ def _select(layout: Layout, cfg: PrepareConfig) -> list[CaseSource]:
         if s.case in seen:
             raise DataError(f"{s.files[0]}: case id {s.case!r} appears twice")
         seen.add(s.case)
+        for f in s.files:  # symlink loops, dangling links: refused before any conversion
+            check_file(f)
         if s.header is not None:
             s.header()
     return sources
 
 
 def process_case(source: CaseSource, staging: str, classes: list[str], normalization: str,
-                 remap: dict[int, int] | None, cfg: PrepareConfig) -> dict[str, Any]:
+                 remap: dict[int, int] | None, cfg: PrepareConfig) -> CaseResult:
     """Load, check and convert one case; writes its native volumes into the staging store and its
     training slices to a part file. Returns what the fingerprint and the metadata need."""
     import zarr
@@ -104,12 +109,13 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     image = normalize_intensity(vol.image, normalization)
     if normalization == "none":
         check_normalized(source, image)
+    check_not_empty(source, vol.image, label)
 
     group = zarr.open_group(staging, mode="r+")
     z, h, w = image.shape
-    for kind, arr in (("image", image), ("label", label)):
-        group.create_array(fmt.volume_path(source.case, kind), data=arr, chunks=(1, h, w),
-                           compressors=fmt.blosc())
+    specs = fmt.volume_specs(source.case, image.shape)
+    specs["image"].create(group, image)
+    specs["label"].create(group, label)
 
     size = (cfg.size, cfg.size)
     s_image, s_label = resize_image(image, size), resize_label(label, size)
@@ -120,44 +126,49 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     clicks = np.stack([fmt.clicks_from_map(p, k, k * cfg.per_class) for p in s_points])
     np.savez(part, image=s_image, label=s_label, clicks=clicks, present=present)
 
-    rng = np.random.default_rng([cfg.seed, z, h, w])
+    # seeded by (seed, case id): stable per case, independent of its shape and of the other cases
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(source.case.encode())])
     raw = np.asarray(vol.image, dtype=np.float64).reshape(-1)
     fg = raw[label.reshape(-1) > 0]
     geom = vol.image_geometry
-    return {
-        "case": source.case, "patient": source.patient, "shape": [z, h, w], "n_slices": z,
-        "spacing": None if geom.spacing is None else [float(s) for s in geom.spacing],
-        "affine": None if geom.affine is None else np.asarray(geom.affine).tolist(),
-        "sha256": content_sha256(image, label),
-        "sample": rng.choice(raw, size=min(SAMPLE_VOXELS, raw.size), replace=False),
-        "sample_fg": rng.choice(fg, size=min(SAMPLE_VOXELS, fg.size), replace=False) if fg.size else fg,
-        "voxels_per_class": np.bincount(label.reshape(-1), minlength=k)[:k],
-        "slices_per_class": present.sum(axis=0),
-    }
+    return CaseResult(
+        case=source.case, patient=source.patient, shape=[z, h, w],
+        spacing=None if geom.spacing is None else [float(s) for s in geom.spacing],
+        affine=None if geom.affine is None else np.asarray(geom.affine).tolist(),
+        sha256=content_sha256(image, label),
+        sample=rng.choice(raw, size=min(SAMPLE_VOXELS, raw.size), replace=False),
+        sample_fg=rng.choice(fg, size=min(SAMPLE_VOXELS, fg.size), replace=False) if fg.size else fg,
+        voxels_per_class=np.bincount(label.reshape(-1), minlength=k)[:k],
+        slices_per_class=present.sum(axis=0),
+    )
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one volume per process: parallelism comes from the workers
-
-
-def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str, dict]:
-    results: dict[str, dict] = {}
+def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str, CaseResult]:
+    """Convert every case; with ``cfg.skip_empty`` an empty case is skipped with a warning."""
+    results: dict[str, CaseResult] = {}
     bar = progress_bar(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
     args = (staging, classes, normalization, remap, cfg)
+
+    def collect(source: CaseSource, get) -> None:
+        try:
+            results[source.case] = get()
+        except EmptyCase as exc:
+            if not cfg.skip_empty:
+                raise
+            log.warning("--skip-empty: skipping case %s: %s", source.case, exc)
+        bar.update()
+
     try:
         if cfg.workers == 1:
             for s in sources:
-                results[s.case] = process_case(s, *args)
-                bar.update()
+                collect(s, lambda s=s: process_case(s, *args))
             return results
-        with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                                    initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(process_case, s, *args): s for s in sources}
             try:
                 for fut in cf.as_completed(futures):
-                    results[futures[fut].case] = fut.result()
-                    bar.update()
+                    collect(futures[fut], fut.result)
             except BaseException:
                 for f in futures:
                     f.cancel()
@@ -167,17 +178,16 @@ def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str
         bar.close()
 
 
-def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: int, size: int,
-                     per_class: int) -> int:
+def _assemble_slices(group, staging: Path, order: list[str], results: dict[str, CaseResult], k: int,
+                     size: int, per_class: int) -> int:
     """Concatenate the per-case parts into the sharded slice arrays, one shard buffer at a time."""
-    n = sum(results[c]["n_slices"] for c in order)
+    n = sum(results[c].n_slices for c in order)
     shard = fmt.SHARD_SLICES
-    spec = {fmt.SLICE_IMAGE: ("float32", (size, size)), fmt.SLICE_LABEL: ("uint8", (size, size))}
-    arrays = {name: group.create_array(name, shape=(n, *hw), dtype=dt, chunks=(1, *hw), shards=(shard, *hw),
-                                       compressors=fmt.blosc(), fill_value=0)
-              for name, (dt, hw) in spec.items()}
-    clicks = np.full((n, k * per_class, 3), -1, dtype=np.int16)
-    buffers = {name: np.zeros((shard, *hw), dtype=dt) for name, (dt, hw) in spec.items()}
+    specs = fmt.slice_specs(n, size, k, k * per_class)
+    dense = (fmt.SLICE_IMAGE, fmt.SLICE_LABEL)
+    arrays = {name: specs[name].create(group) for name in dense}
+    buffers = {name: np.zeros((shard, size, size), dtype=specs[name].dtype) for name in dense}
+    clicks = np.full(specs[fmt.SLICE_CLICKS].shape, -1, dtype=np.int16)
     case_index, zs, present = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, k), bool)
     pos = fill = 0
     for ci, case in enumerate(order):
@@ -190,52 +200,29 @@ def _assemble_slices(group, staging: Path, order: list[str], results: dict, k: i
         done = 0
         while done < count:
             take = min(shard - fill, count - done)
-            for name in spec:
+            for name in dense:
                 buffers[name][fill:fill + take] = data[name][done:done + take]
             fill, done = fill + take, done + take
             if fill == shard:
                 start = pos + done - shard
-                for name in spec:
+                for name in dense:
                     arrays[name][start:start + shard] = buffers[name]
                 fill = 0
         pos += count
     if fill:
-        for name in spec:
+        for name in dense:
             arrays[name][pos - fill:pos] = buffers[name][:fill]
-    group.create_array(fmt.SLICE_CASE, data=case_index, chunks=(max(n, 1),), compressors=fmt.blosc())
-    group.create_array(fmt.SLICE_Z, data=zs, chunks=(max(n, 1),), compressors=fmt.blosc())
-    group.create_array(fmt.SLICE_PRESENT, data=present, chunks=(max(n, 1), k), compressors=fmt.blosc())
-    group.create_array(fmt.SLICE_CLICKS, data=clicks, chunks=clicks.shape if n else (1, k * per_class, 3),
-                       compressors=fmt.blosc())
+    for name, values in ((fmt.SLICE_CASE, case_index), (fmt.SLICE_Z, zs), (fmt.SLICE_PRESENT, present),
+                         (fmt.SLICE_CLICKS, clicks)):
+        specs[name].create(group, values)
     return n
-
-
-def _publish(staging: Path, out: str, storage_options: dict | None) -> None:
-    if not _is_url(out):
-        dest = Path(out.removeprefix("file://"))
-        old = dest.with_name(f".{dest.name}.old")
-        if dest.exists():  # --overwrite: move the old store aside, then swap the new one in
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-    files = sorted(p for p in staging.rglob("*") if p.is_file())
-    root_meta = staging / "zarr.json"
-    for p in [f for f in files if f != root_meta] + [root_meta]:  # root metadata last = commit
-        fs.put_file(str(p), f"{root}/{p.relative_to(staging).as_posix()}")
-    shutil.rmtree(staging.parent)  # the mkdtemp folder holding the staging store
 
 
 def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
     """Convert ``cfg.src`` to a store at ``cfg.out``; returns the output path."""
     import zarr
 
+    target = output_target(cfg.out, storage_options)
     layout = discover(cfg.src, cfg.layout)
     classes = list(cfg.classes or layout.classes)
     if not classes:
@@ -244,44 +231,47 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
         raise DataError(f"{cfg.src}: {len(classes)} classes do not fit the uint8 label format (max 254)")
     normalization = cfg.normalization or layout.normalization
     sources = _select(layout, cfg)
-    out = str(cfg.out)
-    local_out = None if _is_url(out) else Path(out.removeprefix("file://"))
-    if local_out is not None and local_out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{local_out}: output already exists; pass --overwrite to replace it")
-    if local_out is not None:
-        local_out.parent.mkdir(parents=True, exist_ok=True)
-        staging = local_out.with_name(f".{local_out.name}.partial")
-        if staging.exists():  # left over by an interrupted run
-            shutil.rmtree(staging)
-    else:
-        staging = Path(tempfile.mkdtemp(prefix="pscv-store-")) / "store.zarr"
+    staging = target.claim(cfg.src, cfg.overwrite)
     try:
-        group = zarr.open_group(str(staging), mode="w", zarr_format=3)
-        group.create_group("volumes")
-        group.create_group("slices")
-        (staging / "_parts").mkdir()
-        results = _run_cases(sources, str(staging), classes, normalization, layout.remap, cfg)
-        order = [s.case for s in sources]
-        n = _assemble_slices(group, staging, order, results, len(classes), cfg.size, cfg.per_class)
-        shutil.rmtree(staging / "_parts")
-        cases, first = {}, 0
-        for c in order:
-            r = results[c]
-            cases[c] = fmt.CaseMeta(patient=r["patient"], shape=r["shape"], spacing=r["spacing"],
-                                    affine=r["affine"], first_slice=first, n_slices=r["n_slices"],
-                                    sha256=r["sha256"])
-            first += r["n_slices"]
-        meta = fmt.StoreMeta(
-            classes=classes, ignore_index=len(classes), size=cfg.size, layout=cfg.layout, source=str(cfg.src),
-            normalization={"mode": normalization}, cases=cases,
-            points={"seed": cfg.seed, "per_class": cfg.per_class, "include_background": cfg.include_background},
-            splits=make_splits({c: results[c]["patient"] for c in order}, layout.splits, cfg.folds),
-            fingerprint=fingerprint([results[c] for c in order], classes), n_slices=n,
-        )
-        group.attrs[fmt.FORMAT_NAME] = meta.to_json()
-        _publish(staging, out, storage_options)
-    except BaseException:
-        shutil.rmtree(staging if local_out is not None else staging.parent, ignore_errors=True)
-        raise
-    log.info("wrote %s: %d cases, %d slices", out, len(order), n)
-    return out
+        try:
+            group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+            group.create_group("volumes")
+            group.create_group("slices")
+            (staging / "_parts").mkdir()
+            results = _run_cases(sources, str(staging), classes, normalization, layout.remap, cfg)
+            order = [s.case for s in sources if s.case in results]
+            if not order:
+                raise DataError(f"{cfg.src}: every selected case was empty and skipped (--skip-empty); nothing to write")
+            n = _assemble_slices(group, staging, order, results, len(classes), cfg.size, cfg.per_class)
+            shutil.rmtree(staging / "_parts")
+            meta = _store_meta(cfg, layout, classes, normalization, order, results, n, staging)
+            group.attrs[fmt.FORMAT_NAME] = meta.to_json()  # written last: the store is now complete
+            target.publish()
+        except BaseException:
+            target.discard()
+            raise
+    finally:
+        target.release()
+    skipped = len(sources) - len(order)
+    log.info("wrote %s: %d cases, %d slices%s", cfg.out, len(order), n, f", {skipped} skipped" if skipped else "")
+    return str(cfg.out)
+
+
+def _store_meta(cfg, layout, classes, normalization, order, results, n, staging) -> fmt.StoreMeta:
+    cases, first = {}, 0
+    for c in order:
+        r = results[c]
+        cases[c] = fmt.CaseMeta(patient=r.patient, shape=r.shape, spacing=r.spacing, affine=r.affine,
+                                first_slice=first, n_slices=r.n_slices, sha256=r.sha256)
+        first += r.n_slices
+    fs, root = filesystem(str(staging))
+    meta = fmt.StoreMeta(
+        classes=classes, ignore_index=len(classes), size=cfg.size, layout=cfg.layout, source=str(cfg.src),
+        normalization={"mode": normalization}, cases=cases,
+        points={"seed": cfg.seed, "per_class": cfg.per_class, "include_background": cfg.include_background},
+        splits=make_splits({c: results[c].patient for c in order}, layout.splits, cfg.folds),
+        fingerprint=fingerprint([results[c] for c in order], classes), n_slices=n,
+        checksums=manifest(fs, root),
+    )
+    check_complete(meta, listing(fs, root), str(cfg.out))  # the writer's own layout, checked as a reader would
+    return meta

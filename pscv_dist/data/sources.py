@@ -7,9 +7,11 @@ a worker). Supported: ``nifti`` (Decathlon / nnU-Net), ``acdc`` (raw challenge),
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -245,6 +247,11 @@ def discover(src: str | Path, layout: str) -> Layout:
     if layout not in LAYOUTS:
         raise DataError(f"--layout {layout!r} is not known; expected one of {sorted(LAYOUTS)}")
     src = Path(src)
+    try:
+        os.stat(src)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"{src}: symlink loop (the source folder link points back to itself)") from None
     if not src.is_dir():
         raise DataError(f"{src}: source folder not found")
     return LAYOUTS[layout](src)

@@ -1,4 +1,13 @@
-"""``SliceStore``: the public reader of a pscv store (the format is in :mod:`.format`)."""
+"""``SliceStore``: the public reader of a pscv store (the format is in :mod:`.format`).
+
+Opening a store checks what is cheap to check, so a damaged store is refused before a training run
+spends hours on it: the root metadata is parsed and checked for consistency, every slice array is
+checked against its :class:`~.format.ArraySpec`, the small arrays are read and checked against the
+metadata, and a listing shows every file the metadata needs is there with its recorded size (a
+missing chunk would otherwise read as zeros). Reading a chunk that fails its CRC raises
+:class:`StoreError` naming the array and the case. Deeper checks read data: :meth:`check_cases`
+(the trainer runs it on the validation cases) and :meth:`verify` (``pscv inspect --verify``).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +17,8 @@ import torch
 
 from . import format as fmt
 from .catalog import content_sha256
+from .integrity import check_complete, filesystem, listing, verify_files
+from ..errors import StoreError
 
 
 class SliceStore:
@@ -22,29 +33,65 @@ class SliceStore:
     float32, "label": (Z,H,W) int64, "spacing": (dz,dy,dx) or None, "affine": 4x4 or None}``.
 
     Raises:
-        ValueError: the path holds no complete pscv store, or one of another format version.
+        StoreError: the path holds no complete pscv store, one of another format version, or one
+            whose metadata, arrays or files disagree (the message names the array or case).
+        KeyError: an unknown split or case name (from :meth:`split`, :meth:`volume`, ...).
     """
 
     def __init__(self, path: str, storage_options: dict[str, Any] | None = None):
         import zarr
 
         self.path = str(path)
+        self._storage_options = storage_options
         try:
             self._group = zarr.open_group(self.path, mode="r", storage_options=storage_options)
         except Exception as exc:  # FileNotFoundError, GroupNotFoundError, JSON errors
-            raise ValueError(f"{self.path}: no pscv store found ({type(exc).__name__}: {exc})") from None
+            raise StoreError(f"{self.path}: no pscv store found ({type(exc).__name__}: {exc})") from None
         raw = self._group.attrs.get(fmt.FORMAT_NAME)
         if raw is None:
-            raise ValueError(f"{self.path}: not a complete pscv store (root attribute "
+            raise StoreError(f"{self.path}: not a complete pscv store (root attribute "
                              f"{fmt.FORMAT_NAME!r} missing; was `pscv prepare` interrupted?)")
         self.meta = fmt.StoreMeta.from_json(raw, where=self.path)
-        self._arrays = {name: self._group[name] for name in
-                        (fmt.SLICE_IMAGE, fmt.SLICE_LABEL)}
-        self._clicks = np.asarray(self._group[fmt.SLICE_CLICKS][:])
-        self._case_index = np.asarray(self._group[fmt.SLICE_CASE][:])
-        self._z = np.asarray(self._group[fmt.SLICE_Z][:])
-        self._present = np.asarray(self._group[fmt.SLICE_PRESENT][:])
         self.cases: list[str] = list(self.meta.cases)
+        self._specs = self.meta.array_specs()
+        self._fs, self._root = filesystem(self.path, storage_options)
+        check_complete(self.meta, listing(self._fs, self._root), self.path)
+        self._arrays = {name: self._open(name) for name in fmt.SLICE_ARRAYS}
+        self._clicks = self._read(fmt.SLICE_CLICKS, ...)
+        self._case_index = self._read(fmt.SLICE_CASE, ...)
+        self._z = self._read(fmt.SLICE_Z, ...)
+        self._present = self._read(fmt.SLICE_PRESENT, ...)
+        self._check_slice_index()
+
+    # --- checked access -----------------------------------------------------------------------
+    def _open(self, name: str):
+        """Open one array and check it against its spec (dtype, shape, chunks, shards, CRC)."""
+        try:
+            arr = self._group[name]
+        except Exception as exc:  # KeyError / ArrayNotFoundError / bad JSON
+            raise StoreError(f"{self.path}: {name}: array missing or unreadable ({type(exc).__name__}); "
+                             f"re-run `pscv prepare`") from None
+        self._specs[name].check(arr, self.path)
+        return arr
+
+    def _read(self, name: str, selection, array=None, what: str = "") -> np.ndarray:
+        """Read ``array[selection]``; a chunk that fails to decode (CRC, codec) is a StoreError."""
+        arr = self._arrays[name] if array is None else array
+        try:
+            return np.asarray(arr[selection])
+        except (IndexError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise StoreError(f"{self.path}: {name}{what}: chunk could not be decoded ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]}); the store is damaged, re-run `pscv prepare`") from None
+
+    def _check_slice_index(self) -> None:
+        """slices/case_index and slices/z must say what the case metadata says."""
+        for ci, (case, m) in enumerate(self.meta.cases.items()):
+            sl = slice(m.first_slice, m.first_slice + m.n_slices)
+            if not (np.all(self._case_index[sl] == ci) and np.array_equal(self._z[sl], np.arange(m.n_slices))):
+                raise StoreError(f"{self.path}: case {case!r}: slices {sl.start}..{sl.stop - 1} of "
+                                 f"{fmt.SLICE_CASE} / {fmt.SLICE_Z} do not belong to it; metadata and arrays disagree")
 
     # --- metadata -----------------------------------------------------------------------------
     @property
@@ -76,13 +123,16 @@ class SliceStore:
             raise KeyError(f"{self.path}: split {name!r} not found; available: {sorted(self.meta.splits)}")
         return list(self.meta.splits[name])
 
+    def _known(self, cases: list[str]) -> None:
+        unknown = [c for c in cases if c not in self.meta.cases]
+        if unknown:
+            raise KeyError(f"{self.path}: case(s) {unknown[:5]} not in the store")
+
     def slice_indices(self, cases: list[str] | None = None) -> np.ndarray:
         """Indices of the training slices of the given cases (all when None), in store order."""
         if cases is None:
             return np.arange(len(self))
-        unknown = [c for c in cases if c not in self.meta.cases]
-        if unknown:
-            raise KeyError(f"{self.path}: case(s) {unknown[:5]} not in the store")
+        self._known(cases)
         parts = [np.arange(self.meta.cases[c].first_slice, self.meta.cases[c].first_slice + self.meta.cases[c].n_slices)
                  for c in cases]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -106,35 +156,65 @@ class SliceStore:
         if not -n <= i < n:
             raise IndexError(f"slice index {i} out of range for a store of {n} slices")
         i = int(i) % n
+        case = self.cases[self._case_index[i]]
+        where = f" (slice {i}, case {case!r})"
         return {
-            "image": torch.from_numpy(np.asarray(self._arrays[fmt.SLICE_IMAGE][i]))[None],
-            "label": torch.from_numpy(np.asarray(self._arrays[fmt.SLICE_LABEL][i]).astype(np.int64)),
+            "image": torch.from_numpy(self._read(fmt.SLICE_IMAGE, i, what=where))[None],
+            "label": torch.from_numpy(self._read(fmt.SLICE_LABEL, i, what=where).astype(np.int64)),
             "points": torch.from_numpy(fmt.points_map(self._clicks[i], (self.size, self.size), self.ignore_index)),
             "present": torch.from_numpy(self._present[i].copy()),
-            "case": self.cases[self._case_index[i]],
+            "case": case,
             "z": int(self._z[i]),
         }
+
+    def _volume_arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for kind in fmt.VOLUME_KINDS:
+            name = fmt.volume_path(case, kind)
+            out.append(self._read(name, ..., array=self._open(name), what=f" (case {case!r})"))
+        return out[0], out[1]
 
     def volume(self, case: str) -> dict[str, Any]:
         if case not in self.meta.cases:
             raise KeyError(f"{self.path}: case {case!r} not in the store")
         meta = self.meta.cases[case]
+        image, label = self._volume_arrays(case)
         return {
-            "image": np.asarray(self._group[fmt.volume_path(case, "image")][:]),
-            "label": np.asarray(self._group[fmt.volume_path(case, "label")][:]).astype(np.int64),
+            "image": image,
+            "label": label.astype(np.int64),
             "spacing": None if meta.spacing is None else tuple(meta.spacing),
             "affine": None if meta.affine is None else np.asarray(meta.affine),
         }
 
+    def check_cases(self, cases: list[str]) -> None:
+        """Read the given cases' native volumes and compare them with the hash recorded at
+        conversion; raises :class:`StoreError` naming the first bad case (KeyError: unknown case).
+
+        For callers about to rely on whole volumes (the trainer, on its validation cases, before
+        the first step): a damaged volume then stops the run at once, not at the first validation.
+        """
+        self._known(list(cases))
+        for case in cases:
+            image, label = self._volume_arrays(case)
+            if content_sha256(image, label) != self.meta.cases[case].sha256:
+                raise StoreError(f"{self.path}: volumes/{case}: content differs from the hash recorded at "
+                                 f"conversion; the store is damaged, re-run `pscv prepare`")
+
+    def verify_report(self) -> dict[str, list[str]]:
+        """Everything ``--verify`` checks: every file against its recorded size and SHA-256, and
+        every case's decoded volumes against their content hash. Returns {case or array: problems},
+        empty when the store is intact."""
+        problems = verify_files(self.meta, self._fs, self._root)
+        for case in self.cases:
+            try:
+                self.check_cases([case])
+            except StoreError as exc:
+                problems.setdefault(case, []).append(str(exc).split(": ", 1)[-1])
+        return {k: problems[k] for k in sorted(problems)}
+
     def verify(self) -> list[str]:
-        """Recompute every case's content hash; returns the cases whose bytes changed."""
-        bad = []
-        for case, meta in self.meta.cases.items():
-            img = np.asarray(self._group[fmt.volume_path(case, "image")][:])
-            lab = np.asarray(self._group[fmt.volume_path(case, "label")][:])
-            if content_sha256(img, lab) != meta.sha256:
-                bad.append(case)
-        return bad
+        """The names (case ids, array paths) that fail :meth:`verify_report`; empty when intact."""
+        return failed_names(self.verify_report())
 
     def summary(self) -> dict[str, Any]:
         fp = self.meta.fingerprint
@@ -148,3 +228,12 @@ class SliceStore:
             "voxels_per_class": fp.get("voxels_per_class"), "slices_per_class": fp.get("slices_per_class"),
             "sha256": fp.get("sha256"),
         }
+
+
+def failed_names(report: dict[str, list[str]]) -> list[str]:
+    """The case ids (for anything under ``volumes/<case>``) and array paths of a verify report."""
+    names = set()
+    for name in report:
+        parts = name.split("/")
+        names.add(parts[1] if len(parts) >= 2 and parts[0] == "volumes" else name)
+    return sorted(names)

@@ -8,7 +8,9 @@ exact geometry. No reorientation is applied (nnU-Net's choice too): slices are t
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,27 @@ class Geometry:
     affine: np.ndarray | None  # 4x4, NIfTI (i, j, k) convention
 
 
+def check_file(path: str | os.PathLike) -> None:
+    """Refuse a path that cannot be a readable file, naming why in the user's terms: a symlink
+    loop, a dangling link or missing file, a folder (readers otherwise say "no such file" for all)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"{path}: symlink loop (the link points back to itself)") from None
+        if os.path.islink(path):
+            raise DataError(f"{path}: dangling symlink (its target {os.readlink(path)!r} does not exist)") from None
+        if exc.errno == errno.ENOENT:
+            raise DataError(f"{path}: file not found") from None
+        raise DataError(f"{path}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a folder, expected a file")
+
+
 def _nifti(path: Path):
     import nibabel as nib
 
+    check_file(path)
     try:
         return nib.load(str(path))
     except FileNotFoundError:
@@ -107,6 +127,7 @@ def save_atomic(img, out: str | os.PathLike) -> None:
 
 def _read_keys(path, keys, kind: str, opener, names) -> dict[str, np.ndarray]:
     """Read ``keys`` from an HDF5 / NPZ file, with one error vocabulary for both."""
+    check_file(path)
     try:
         with opener(path) as f:
             found = names(f)

@@ -1,6 +1,9 @@
 """Every kind of bad input: a clear message naming the file, a non-zero exit, no store written."""
+import contextlib
 import gzip
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -18,7 +21,10 @@ def _run(src: Path, out: Path, capsys, layout="nifti", extra=()):
     err = capsys.readouterr().err
     assert rc == 2, err
     assert not out.exists(), "a half-written store was left behind"
-    assert not list(out.parent.glob(f".{out.name}.partial")), "staging folder left behind"
+    if out.parent.is_dir():
+        assert not list(out.parent.glob(f".{out.name}.*")), "staging folder or lock file left behind"
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 1 and errors[0].startswith("pscv prepare: error: "), err
     return err
 
 
@@ -165,10 +171,11 @@ def test_missing_source_and_unknown_layout(tmp_path, capsys):
 def test_interrupted_run_can_be_rerun(tmp_path, capsys):
     src = _dataset(tmp_path)
     out = tmp_path / "o.zarr"
-    stale = tmp_path / ".o.zarr.partial"
-    (stale / "volumes").mkdir(parents=True)  # what a killed run leaves
+    stale = [tmp_path / ".o.zarr.partial", tmp_path / ".o.zarr.partial-4194999-0badcafe"]  # old and new names
+    for folder in stale:
+        (folder / "volumes").mkdir(parents=True)  # what a killed run leaves
     assert main(["prepare", str(src), str(out), "--layout", "nifti", "--size", "16"]) == 0
-    assert not stale.exists() and len(SliceStore(str(out))) == 8
+    assert not any(f.exists() for f in stale) and len(SliceStore(str(out))) == 8
 
 
 def test_reader_refuses_incomplete_and_foreign_stores(tmp_path):
@@ -179,3 +186,91 @@ def test_reader_refuses_incomplete_and_foreign_stores(tmp_path):
         SliceStore(str(tmp_path / "half.zarr"))
     with pytest.raises(ValueError, match="no pscv store found"):
         SliceStore(str(tmp_path / "missing.zarr"))
+
+
+def test_all_zero_image_is_refused(tmp_path, capsys):
+    src = _dataset(tmp_path)
+    _, lab = blob_volume(np.random.default_rng(0))
+    save_nifti(src / "imagesTr" / "case1_0000.nii.gz", np.zeros(lab.shape, np.float32))
+    err = _run(src, tmp_path / "o.zarr", capsys)
+    assert "case1_0000.nii.gz: image of case 'case1' is all zero" in err and "--skip-empty" in err
+
+
+def test_all_background_label_is_refused(tmp_path, capsys):
+    src = _dataset(tmp_path)
+    save_nifti(src / "labelsTr" / "case0.nii.gz", np.zeros((24, 20, 4), np.uint8))
+    err = _run(src, tmp_path / "o.zarr", capsys, extra=("--workers", "2"))
+    assert "case0.nii.gz: label of case 'case0' is all background" in err
+
+
+def test_skip_empty_warns_and_skips(tmp_path, capsys, caplog):
+    src = _dataset(tmp_path, n=3)
+    save_nifti(src / "labelsTr" / "case1.nii.gz", np.zeros((24, 20, 4), np.uint8))
+    out = tmp_path / "o.zarr"
+    assert main(["prepare", str(src), str(out), "--layout", "nifti", "--size", "16", "--skip-empty"]) == 0
+    store = SliceStore(str(out))
+    assert store.cases == ["case0", "case2"] and "case1" not in sum(store.splits.values(), [])
+    assert any("skipping case case1" in r.getMessage() and "all background" in r.getMessage() for r in caplog.records)
+
+
+def test_skip_empty_with_nothing_left(tmp_path, capsys):
+    src = _dataset(tmp_path, n=1)
+    save_nifti(src / "labelsTr" / "case0.nii.gz", np.zeros((24, 20, 4), np.uint8))
+    assert "every selected case was empty" in _run(src, tmp_path / "o.zarr", capsys, extra=("--skip-empty",))
+
+
+def test_self_looping_symlink_as_source(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert "loop: symlink loop" in _run(loop, tmp_path / "o.zarr", capsys)
+
+
+def test_self_looping_symlink_as_case_file(tmp_path, capsys):
+    src = _dataset(tmp_path)
+    case = src / "imagesTr" / "case1_0000.nii.gz"
+    case.unlink()
+    case.symlink_to(case)
+    assert "case1_0000.nii.gz: symlink loop" in _run(src, tmp_path / "o.zarr", capsys)
+
+
+def test_self_looping_symlink_in_h5_layout(tmp_path, capsys):
+    src = tmp_path / "h5"
+    src.mkdir()
+    (src / "patient001_frame01.h5").symlink_to(src / "patient001_frame01.h5")
+    assert "patient001_frame01.h5: symlink loop" in _run(src, tmp_path / "o.zarr", capsys, layout="wsl4mis-h5")
+
+
+def test_output_parent_is_a_file(tmp_path, capsys):
+    src = _dataset(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    err = _run(src, tmp_path / "afile" / "o.zarr", capsys)
+    assert "afile: is a file, not a folder" in err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@contextlib.contextmanager
+def _read_only_folder(path: Path):
+    """A folder nobody can write into: chmod for a normal user; for root (who ignores modes) a
+    read-only tmpfs mounted on it, or a skip where mounting is not allowed."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(path)], capture_output=True)
+    if mount.returncode:
+        pytest.skip("running as root without permission to mount a read-only tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_output_parent_read_only(tmp_path, capsys):
+    src = _dataset(tmp_path)
+    with _read_only_folder(tmp_path / "ro") as parent:
+        assert "the output's folder is not writable" in _run(src, parent / "o.zarr", capsys)
+        assert "cannot create the output's folder" in _run(src, parent / "sub" / "o.zarr", capsys)

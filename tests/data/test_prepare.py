@@ -131,11 +131,12 @@ def test_cli_prepare_and_inspect(phantom_src, tmp_path, capsys):
 
 
 def test_verify_detects_changed_bytes(phantom_src, tmp_path):
-    import zarr
-
     out = prepare(PrepareConfig(str(phantom_src), str(tmp_path / "v.zarr"), "nifti", size=16,
                                 cases=["phantom_000"], progress=False))
-    zarr.open_group(out, mode="r+")["volumes/phantom_000/label"][0, 0, 0] = 3
+    shard = tmp_path / "v.zarr" / "volumes" / "phantom_000" / "label" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0x5A  # same size: only a re-hash can tell
+    shard.write_bytes(bytes(raw))
     assert SliceStore(out).verify() == ["phantom_000"]
 
 
@@ -154,3 +155,37 @@ def test_overwrite_replaces_the_store(phantom_src, tmp_path):
                           overwrite=True, progress=False))
     assert SliceStore(str(out)).cases == ["phantom_001", "phantom_002"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no staging or old copy left
+
+
+def test_intensity_sample_is_seeded_by_case_id_not_shape(tmp_path):
+    """Two cases of one shape (here even one content) must not share their fingerprint sample, and
+    a case's sample must not change between runs."""
+    import zarr
+
+    from pscv_dist.data.catalog import CaseResult
+    from pscv_dist.data.prepare import SAMPLE_VOXELS, process_case
+    from pscv_dist.data.sources import discover
+
+    from .fixtures import blob_volume, save_nifti
+
+    src = tmp_path / "src"
+    img, lab = blob_volume(np.random.default_rng(0), shape_xyz=(40, 40, 10))
+    assert img.size > SAMPLE_VOXELS  # a real sample, not every voxel
+    for case in ("a", "b"):
+        save_nifti(src / "imagesTr" / f"{case}_0000.nii.gz", img)
+        save_nifti(src / "labelsTr" / f"{case}.nii.gz", lab)
+    sources = {s.case: s for s in discover(src, "nifti").cases}
+    classes = ["background", "x", "y", "z"]
+    cfg = PrepareConfig(str(src), str(tmp_path / "unused.zarr"), "nifti", size=16, progress=False)
+
+    def convert(case: str, staging: str) -> CaseResult:
+        group = zarr.open_group(str(tmp_path / staging), mode="w", zarr_format=3)
+        group.create_group("volumes")
+        (tmp_path / staging / "_parts").mkdir()
+        return process_case(sources[case], str(tmp_path / staging), classes, "mr", None, cfg)
+
+    a1, b, a2 = convert("a", "s1"), convert("b", "s2"), convert("a", "s3")
+    assert isinstance(a1, CaseResult) and a1.n_slices == 10 and a1.shape == [10, 40, 40]
+    np.testing.assert_array_equal(a1.sample, a2.sample)
+    np.testing.assert_array_equal(a1.sample_fg, a2.sample_fg)
+    assert not np.array_equal(a1.sample, b.sample)
