@@ -12,7 +12,7 @@ import torch.distributed as dist
 from ..model.bundle import load_model
 from ..data import SliceStore
 from ..distributed import DistState, init_distributed, shutdown
-from ..errors import OutputError
+from ..errors import OutputError, describe
 from .evaluate import case_widths, check_compatible, evaluate
 from .metrics import check_edge_filter
 from .paths import check_writable_dir, check_writable_file, same_file
@@ -29,7 +29,7 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    p, d = path.resolve(), folder.resolve()
+    p, d = Path(os.path.realpath(path)), Path(os.path.realpath(folder))  # realpath: no error on a loop
     return p == d or d in p.parents
 
 
@@ -55,18 +55,21 @@ def check_outputs(out: str | None, plots: str | None, checkpoint: str, store_pat
 
 
 def _agreed(check: Callable[[], None], state: DistState) -> None:
-    """Run ``check`` on rank 0 (the only writer) and raise its OutputError on every rank, so that no
-    rank is left waiting in a collective for one that stopped."""
-    message = None
+    """Run ``check`` on rank 0 (the only writer) and raise its error on every rank (rank 0 its own,
+    the others an OutputError with its message), so that no rank waits in a collective for one that
+    stopped."""
+    error, message = None, None
     if state.is_main:
         try:
             check()
-        except OutputError as exc:
-            message = str(exc)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            error, message = exc, describe(exc)
     if state.distributed:
         box = [message]
         dist.broadcast_object_list(box, src=0)
         message = box[0]
+    if error is not None:
+        raise error
     if message is not None:
         raise OutputError(message)
 
