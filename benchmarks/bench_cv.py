@@ -54,6 +54,7 @@ def run_floor(b, k, s):
 
 
 def run_step(b, k, s, objective):
+    from pscv_dist.config import LossConfig
     from pscv_dist.losses import build_objective
     from pscv_dist.model import UNet
 
@@ -69,7 +70,7 @@ def run_step(b, k, s, objective):
             if present[n, c] and len(where):
                 points[n, where[0, 0], where[0, 1]] = c
     batch = {"image": images, "points": points, "label": label, "present": present}
-    obj = build_objective(objective, k, k)
+    obj = build_objective(LossConfig(name=objective), k, k, seed=0)
 
     def fn():
         opt.zero_grad(set_to_none=True)

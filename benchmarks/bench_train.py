@@ -20,7 +20,7 @@ from pscv_dist.data import SliceStore
 from pscv_dist.distributed import DistState
 from pscv_dist.losses import build_objective
 from pscv_dist.model import UNet
-from pscv_dist.trainer import Trainer, objective_params
+from pscv_dist.trainer import Trainer
 from timing import median_time  # benchmarks/timing.py (the script's own folder)
 
 METHODS = ["pce", "entmini", "ms", "pscv", "fullsup"]
@@ -33,7 +33,8 @@ def bare(store_path, method, batch, steps, cfg):
     torch.manual_seed(0)
     model = UNet(num_classes=store.num_classes).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
-    obj = build_objective(method, store.num_classes, store.ignore_index, **objective_params(cfg))
+    obj = build_objective(cfg.loss, store.num_classes, store.ignore_index, seed=cfg.train.seed,
+                          compile=cfg.model.compile)
     x = b["image"].contiguous(memory_format=torch.channels_last)
 
     def step():

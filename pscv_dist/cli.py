@@ -71,23 +71,21 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .eval.predict import predict_files
+    from .eval.predict import plan_predictions, predict_pairs
 
     if bool(args.checkpoint) == bool(args.model_uri):
         raise ValueError("give exactly one of --checkpoint CKPT or --model-uri models:/NAME@ALIAS")
+    # every input and output is checked before the model is loaded and before anything is written
+    pairs = plan_predictions(args.input, args.output, overwrite=args.overwrite)
     if args.checkpoint:
-        from .checkpoint import load_model
+        from .model.bundle import load_model
 
         model, meta = load_model(args.checkpoint)
     else:
         from .tracking import load_registered_model
 
-        if args.tracking_uri:
-            import mlflow
-
-            mlflow.set_tracking_uri(args.tracking_uri)
-        model, meta = load_registered_model(args.model_uri)
-    for path in predict_files(model, meta, args.input, args.output):
+        model, meta = load_registered_model(args.model_uri, args.tracking_uri)
+    for path in predict_pairs(model, meta, pairs):
         print(f"wrote {path}")
     return 0
 
@@ -146,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="e.g. test, fold0/val, all")
     p.add_argument("--convention", choices=["strict", "literature"], default="strict")
     p.add_argument("--edge-filter", type=int, default=0, metavar="PIXELS",
-                   help="set the PIXELS columns nearest the left/right edges to background (Synapse: 50)")
+                   help="set the PIXELS columns nearest the left/right edges to background (Synapse: 50); "
+                        "0 <= PIXELS < half the narrowest case width")
     p.add_argument("--out", help="write results.json here")
     p.add_argument("--plots", help="folder for the box plot and best/worst overlays")
     p.set_defaults(func=_cmd_evaluate)
@@ -166,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint")
     p.add_argument("--model-uri", help="an MLflow registry URI, e.g. models:/pscv@champion")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI)")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help="a .nii / .nii.gz file or a folder of them")
+    p.add_argument("output", help="a file (for a file input) or a folder; never an input")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     p.set_defaults(func=_cmd_predict)
     return parser
 

@@ -93,7 +93,7 @@ class _GatherWithGrad(torch.autograd.Function):
         ctx.group = group
         world = dist.get_world_size(group)
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        dist.all_gather_single(out, x.contiguous(), group=group)
         return out
 
     @staticmethod
@@ -104,7 +104,7 @@ class _GatherWithGrad(torch.autograd.Function):
         n = grad.shape[0] // world
         if dist.get_backend(group) == "nccl":
             out = grad.new_empty((n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(out, grad, group=group)
+            dist.reduce_scatter_single(out, grad, group=group)
             return out, None
         dist.all_reduce(grad, group=group)
         return grad[rank * n:(rank + 1) * n].clone(), None
@@ -123,7 +123,7 @@ def gather_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     if not _active(group):
         return x
     out = x.new_empty((dist.get_world_size(group) * x.shape[0], *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+    dist.all_gather_single(out, x.contiguous(), group=group)
     return out
 
 

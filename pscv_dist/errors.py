@@ -52,6 +52,20 @@ class NonFiniteLoss(PscvError, RuntimeError):
     """The loss (or the weights) became NaN/inf on some rank; the run stopped without saving them."""
 
 
+def unwrap_worker_error(exc: PscvError) -> PscvError:
+    """The same error without the traceback a DataLoader worker wraps around it.
+
+    torch re-raises a worker's exception as ``type(exc)("Caught X in DataLoader worker process N.
+    Original Traceback ...: module.X: message")``; the user needs the last line's message only."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].startswith("Caught "):
+        return exc
+    last = lines[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    message = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+    return type(exc)(message)
+
+
 _OS_REASONS = {
     errno.ELOOP: "symlink loop",
     errno.EACCES: "permission denied (read-only?)",

@@ -4,134 +4,114 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from . import checkpoint as ckpt
 from .augment import Augmenter
+from .checkpoint import CheckpointManager
 from .config import Config
 from .data import SliceStore
 from .data.stream import SliceDataset, StepBatchSampler, collate, local_batch_size
 from .distributed import DistState, all_finite, all_reduce_mean
 from .engine import build_engine
-from .errors import NonFiniteLoss
-from .eval.evaluate import evaluate
+from .errors import ConfigError, NonFiniteLoss, PscvError, unwrap_worker_error
+from .model.bundle import model_meta, save_model
+from .eval.evaluate import Evaluation, evaluate
 from .losses import build_objective
-from .losses.contrastive import NonFiniteInput
 from .model import UNet
-from .tracking import Tracker
 from .progress import progress_bar
+from .files import write_json_atomic
+from .tracking import Tracker
+from .tracking.runs import evaluation_metrics
 
 log = logging.getLogger(__name__)
+SUMMARY = "summary.json"  # what a finished run reports (the demo, the study and Ray Tune read it)
 
 
-def objective_params(cfg: Config) -> dict[str, Any]:
-    lc = cfg.loss
-    return {
-        "pce": {}, "fullsup": {},
-        "entmini": {"lambda_ent": lc.lambda_ent},
-        "ms": {"lambda_ms": lc.lambda_ms, "mu": lc.mu},
-        "pscv": {"lambda_cv": lc.lambda_cv, "mu": lc.mu, "tau": lc.tau, "cv_classes": lc.cv_classes,
-                 "seed": cfg.train.seed, "compile": cfg.model.compile,
-                 "gather_dtype": torch.bfloat16 if lc.gather_dtype == "bfloat16" else None},
-    }[lc.name]
+def _check_output_dir(out: Path) -> None:
+    """The run folder must be a folder we can write (checked before anything is created)."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"train.out_dir={out}: {probe} is a file, expected a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.out_dir={out}: {probe} is not writable")
 
 
-def _barrier(state: DistState) -> None:
-    if state.distributed:
-        dist.barrier()
+def next_batch(it):
+    """The next batch; a data error raised in a DataLoader worker arrives as its own one-line message."""
+    try:
+        return next(it)
+    except PscvError as exc:
+        raise unwrap_worker_error(exc) from None
 
 
 class Trainer:
+    """One training run: everything is checked before the run folder is created or a step is taken."""
+
     def __init__(self, cfg: Config, state: DistState):
         self.cfg, self.state = cfg, state
         if not cfg.data.store:
-            raise ValueError("data.store is not set: give the path of a store written by `pscv prepare`")
+            raise ConfigError("data.store is not set: give the path of a store written by `pscv prepare`")
         self.store = SliceStore(cfg.data.store)
         self.local_batch = local_batch_size(cfg.data.batch_size, state.world_size)
         self.train_items = self.store.slice_indices(self.store.split(cfg.data.train_split))
+        if cfg.data.batch_size > len(self.train_items):
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training split "
+                              f"{cfg.data.train_split!r} of {cfg.data.store} ({len(self.train_items)} slices)")
         self.val_cases = self.store.split(cfg.data.val_split) if cfg.data.val_split else []
+        if self.store.size % 2 ** cfg.model.depth:
+            raise ConfigError(f"model.depth={cfg.model.depth} needs slices divisible by {2 ** cfg.model.depth}; "
+                              f"the store {cfg.data.store} has {self.store.size}x{self.store.size}")
         self.out = Path(cfg.train.out_dir)
-        self.ckpt_dir = self.out / "checkpoints"
-        self.out.mkdir(parents=True, exist_ok=True)
+        _check_output_dir(self.out)
 
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         m = cfg.model
         self.model = UNet(1, self.store.num_classes, m.base_width, m.depth,
                           tuple(m.dropout) if m.dropout else None, m.upsample).to(state.device)
+        if self.val_cases:  # a damaged validation volume fails now, not after hours of training
+            self.store.check_cases(self.val_cases)
+        self.out.mkdir(parents=True, exist_ok=True)
         if m.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.engine = build_engine(self.model, cfg, state, self.local_batch)
         # per-rank dropout streams, seeded after the engine (DeepSpeed's init draws random numbers)
         torch.manual_seed(cfg.train.seed * 1000 + state.rank)
-        self.objective = build_objective(cfg.loss.name, self.store.num_classes, self.store.ignore_index,
-                                         **objective_params(cfg))
+        self.objective = build_objective(cfg.loss, self.store.num_classes, self.store.ignore_index,
+                                         seed=cfg.train.seed, compile=cfg.model.compile)
         self.augment = Augmenter(cfg.augment, self.store.ignore_index, cfg.train.seed)
-        self.step, self.best = 0, {"dsc": None, "step": None}
-        run_id = self._resume()
+        self.step, self.n_val, self.best = 0, 0, {"dsc": None, "step": None}
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", state, cfg.train.keep_last)
+        resumed = self.checkpoints.load(self.engine, cfg.to_dict())
+        run_id = None
+        if resumed is not None:
+            self.step, self.best = int(resumed["step"]), resumed.get("best", self.best)
+            self.n_val, run_id = int(resumed.get("n_val", 0)), resumed.get("mlflow_run_id")
         self.tracker = Tracker(cfg.tracking, str(self.out), cfg.tracking.enabled and state.is_main,
                                cfg.flat(), resume_run_id=run_id)
         self.log_file = self.out / "train_log.jsonl"
 
     # --- checkpoints ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return ckpt.model_meta(self.engine.module, self.store.classes, self.store.size,
-                               self.store.meta.normalization, self.store.ignore_index, self.cfg.to_dict())
+        return model_meta(self.engine.module, self.store.classes, self.store.size,
+                          self.store.meta.normalization, self.store.ignore_index, self.cfg.to_dict())
 
     def save(self) -> None:
         state = [t for t in self.engine.module.state_dict().values() if t.is_floating_point()]
         if not all_finite(torch.stack([t.detach().float().abs().max() for t in state]).max()):
             # finite losses can still overflow the weights or BN statistics: never save those
-            last = ckpt.latest_checkpoint(self.ckpt_dir)
             raise NonFiniteLoss(f"step {self.step}: the weights became NaN or inf; training stopped without "
-                                f"saving them. Last good checkpoint: {last or 'none'}")
-        tmp = ckpt.staging_dir(self.ckpt_dir, self.step)
-        if self.state.is_main and tmp.exists():
-            shutil.rmtree(tmp)
-        _barrier(self.state)
-        tmp.mkdir(parents=True, exist_ok=True)
-        ckpt.save_atomic({"step": self.step, **ckpt.rng_state()}, tmp / f"rng_rank{self.state.rank}.pt")
-        self.engine.save_engine(tmp)  # DeepSpeed: collective
-        if self.state.is_main:
-            ckpt.save_model(tmp / "model.pt", self.engine.module, self.meta())
-            ckpt.save_atomic({"step": self.step, "engine": self.engine.state_dict(), "config": self.cfg.to_dict(),
-                              "world_size": self.state.world_size, "best": self.best,
-                              "mlflow_run_id": getattr(self, "tracker", None) and self.tracker.run_id},
-                             tmp / "train_state.pt")
-        _barrier(self.state)
-        if self.state.is_main:
-            ckpt.commit(self.ckpt_dir, self.step, self.cfg.train.keep_last)
-        _barrier(self.state)
-
-    def _resume(self) -> str | None:
-        latest = ckpt.latest_checkpoint(self.ckpt_dir)
-        if latest is None:
-            return None
-        ts = torch.load(latest / "train_state.pt", map_location="cpu", weights_only=True)
-        saved_model, now_model = ts["config"]["model"], self.cfg.to_dict()["model"]
-        for key in ("base_width", "depth", "upsample", "dropout"):
-            if saved_model[key] != now_model[key]:
-                raise ValueError(f"{latest}: checkpoint has model.{key}={saved_model[key]!r}, config has "
-                                 f"{now_model[key]!r}; use another train.out_dir or the same model")
-        bundle = torch.load(latest / "model.pt", map_location=self.state.device, weights_only=True)
-        self.engine.module.load_state_dict(bundle["model_state"])
-        self.engine.load_state_dict(ts["engine"], latest)
-        self.step, self.best = int(ts["step"]), ts.get("best", self.best)
-        rng = latest / f"rng_rank{self.state.rank}.pt"
-        if ts["world_size"] != self.state.world_size or not rng.exists():
-            log.warning("%s: saved with world size %s, resuming with %s: RNG streams are reseeded, the run "
-                        "continues but is not bit-identical", latest, ts["world_size"], self.state.world_size)
-        else:
-            ckpt.set_rng_state(torch.load(rng, weights_only=True))
-        if self.state.is_main:
-            log.info("resumed from %s at step %d", latest, self.step)
-        return ts.get("mlflow_run_id")
+                                f"saving them. Last good checkpoint: {self.checkpoints.latest() or 'none'}")
+        self.checkpoints.save(self.step, self.engine, self.meta(),
+                              {"config": self.cfg.to_dict(), "best": self.best, "n_val": self.n_val,
+                               "mlflow_run_id": self.tracker.run_id})
 
     # --- data -------------------------------------------------------------------------------------
     def batches(self):
@@ -153,30 +133,25 @@ class Trainer:
     # --- loop -------------------------------------------------------------------------------------
     def train_step(self, it) -> dict[str, float]:
         accum, terms_sum, finite = self.cfg.train.grad_accum, {}, None
-        if self.cfg.loss.name == "pscv" and self.cfg.loss.lambda_cv_warmup:
-            self.objective.lambda_cv = self.cfg.loss.lambda_cv * min(1.0, (self.step + 1) / self.cfg.loss.lambda_cv_warmup)
+        self.objective.start_step(self.step)  # the objective's own schedule (the λ_cv warm-up)
         for micro in range(accum):
             stream_step = self.step * accum + micro
-            batch = self.augment(self._to_device(next(it)), stream_step, self.state.rank)
+            batch = self.augment(self._to_device(next_batch(it)), stream_step, self.state.rank)
             image = batch["image"]
             if self.cfg.model.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             with self.engine.no_sync(micro == accum - 1):
                 logits = self.engine.forward(image).float()
-                try:
-                    terms = self.objective(logits, batch, stream_step)
-                except NonFiniteInput:  # the CV term saw NaN/inf network outputs on some rank
-                    finite = torch.tensor(float("nan"))
-                    break
+                terms = self.objective(logits, batch, stream_step)
                 self.engine.backward(terms["loss"], micro == accum - 1)
             loss = terms["loss"].detach()
             finite = loss if finite is None else finite + loss
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / accum
         if not self.engine.step(finite):
-            last = ckpt.latest_checkpoint(self.ckpt_dir)
             raise NonFiniteLoss(f"step {self.step + 1}: the loss is NaN or inf on at least one rank; training "
-                                f"stopped before the optimizer step. Last good checkpoint: {last or 'none'}")
+                                f"stopped before the optimizer step. Last good checkpoint: "
+                                f"{self.checkpoints.latest() or 'none'}")
         self.step += 1
         return terms_sum
 
@@ -185,7 +160,7 @@ class Trainer:
         every = self.cfg.tracking.image_every
         return self.step >= self.cfg.train.iterations or bool(every and n_val % every == 0)
 
-    def validate(self, keep_predictions: bool = False) -> dict[str, Any] | None:
+    def validate(self, keep_predictions: bool = False) -> Evaluation | None:
         if not self.val_cases:
             return None
         model = self.engine.module
@@ -202,28 +177,27 @@ class Trainer:
         with open(self.log_file, "a") as f:
             f.write(json.dumps({"step": self.step, "time": time.time(), **values}) + "\n")
 
-    def _after_validation(self, res: dict[str, Any], n_val: int) -> None:
+    def _after_validation(self, evaluation: Evaluation) -> None:
+        res = evaluation.results
         dsc = res["mean_dsc"]
         if self.state.is_main:
-            values = {"val_mean_dsc": dsc or 0.0, "val_mean_hd95": res["mean_hd95"] or 0.0}
-            values.update({f"val_dsc_{k}": v["dsc"] for k, v in res["per_class"].items() if v["dsc"] is not None})
-            self._record(values)
-            if self._overlays_due(n_val):
-                self._log_overlays(res)
+            self._record(evaluation_metrics(res, "val"))
+            if self._overlays_due(self.n_val):
+                self._log_overlays(evaluation)
         if dsc is not None and (self.best["dsc"] is None or dsc > self.best["dsc"]):
             self.best = {"dsc": dsc, "step": self.step}
             if self.state.is_main:
                 best = self.out / "best"
                 best.mkdir(parents=True, exist_ok=True)
-                ckpt.save_model(best / "model.pt", self.engine.module, self.meta())
+                save_model(best / "model.pt", self.engine.module, self.meta())
 
-    def _log_overlays(self, res: dict[str, Any]) -> None:
+    def _log_overlays(self, evaluation: Evaluation) -> None:
         import tempfile
 
         from .eval.report import overlays
 
         with tempfile.TemporaryDirectory() as tmp:
-            for p in overlays(self.store, res.get("_predictions", {}), res, tmp):
+            for p in overlays(self.store, evaluation.predictions, evaluation.results, tmp):
                 self.tracker.artifact(str(p), artifact_path=f"overlays/step_{self.step:08d}")
 
     def fit(self) -> dict[str, Any]:
@@ -231,7 +205,7 @@ class Trainer:
         it = self.batches()
         bar = progress_bar(total=total, initial=self.step, desc="train", unit="it",
                    disable=not (self.state.is_main and cfg.train.progress))
-        n_val, t0, seen, last_val = 0, time.perf_counter(), 0, None
+        t0, seen, last_val = time.perf_counter(), 0, None
         status = "FAILED"
         try:
             while self.step < total:
@@ -245,9 +219,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{ips:.1f}")
                     t0, seen = time.perf_counter(), 0
                 if self.val_cases and ((cfg.train.val_every and self.step % cfg.train.val_every == 0) or done):
-                    n_val += 1
-                    last_val = self.validate(keep_predictions=self._overlays_due(n_val))
-                    self._after_validation(last_val, n_val)
+                    self.n_val += 1
+                    last_val = self.validate(keep_predictions=self._overlays_due(self.n_val))
+                    self._after_validation(last_val)
                 if (cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0) or done:
                     self.save()
                 bar.update(1)
@@ -258,7 +232,8 @@ class Trainer:
                 self.tracker.log_model(self.engine.module, self.meta(), cfg.tracking.register_model)
             self.tracker.end(status)
         summary = {"step": self.step, "best": self.best, "out_dir": str(self.out),
-                   "mlflow_run_id": self.tracker.run_id, "tracking_uri": getattr(self.tracker, "uri", None)}
-        if last_val is not None:
-            summary["val_mean_dsc"] = last_val["mean_dsc"]
+                   "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
+                   "val_mean_dsc": None if last_val is None else last_val.results["mean_dsc"]}
+        if self.state.is_main:
+            write_json_atomic(summary, self.out / SUMMARY)
         return summary

@@ -10,6 +10,7 @@ missing chunk would otherwise read as zeros). Reading a chunk that fails its CRC
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from . import format as fmt
 from .catalog import content_sha256
 from .integrity import check_complete, filesystem, listing, verify_files
+from .volume_io import check_file
 from ..errors import StoreError
 
 
@@ -43,6 +45,12 @@ class SliceStore:
 
         self.path = str(path)
         self._storage_options = storage_options
+        local = None if "://" in self.path else self.path
+        if local is not None and not os.path.isdir(local):
+            if os.path.islink(local) or os.path.exists(local):
+                check_file(local)  # names a symlink loop or a dangling link
+                raise StoreError(f"{self.path}: is a file, expected a store folder written by `pscv prepare`")
+            raise StoreError(f"{self.path}: no pscv store found (the folder does not exist)")
         try:
             self._group = zarr.open_group(self.path, mode="r", storage_options=storage_options)
         except Exception as exc:  # FileNotFoundError, GroupNotFoundError, JSON errors

@@ -2,15 +2,15 @@
 no case counted twice)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ..data import SliceStore
-from ..distributed import DistState
+from ..distributed import DistState, gather_objects
 from ..errors import CheckpointError
 from .inference import predict_volume
 from .metrics import CONVENTIONS, case_metrics, check_edge_filter, edge_filter, summarize
@@ -32,18 +32,20 @@ def case_widths(store: SliceStore, cases: list[str]) -> dict[str, int]:
     return {f"case {c!r}": int(store.meta.cases[c].shape[-1]) for c in cases if c in store.meta.cases}
 
 
-def _gather_objects(local: list, state: DistState | None) -> list:
-    if state is None or not state.distributed:
-        return list(local)
-    parts: list[list | None] = [None] * state.world_size
-    dist.all_gather_object(parts, local)
-    return [item for part in parts for item in part]  # type: ignore[union-attr]
+@dataclasses.dataclass
+class Evaluation:
+    """What :func:`evaluate` returns: the JSON-ready ``results`` (every rank, gathered) and this
+    rank's own ``predictions`` ({case: (Z, H, W) uint8}, empty unless asked for)."""
+
+    results: dict[str, Any]
+    predictions: dict[str, np.ndarray]
 
 
 def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: int, convention: str = "strict",
              edge_pixels: int = 0, state: DistState | None = None, device="cpu", progress: bool = False,
-             keep_predictions: bool = False) -> dict[str, Any]:
-    """Per-case and class-averaged 3D Dice / HD95 of ``cases``. Rank r evaluates cases[r::W]."""
+             keep_predictions: bool = False) -> Evaluation:
+    """Per-case and class-averaged 3D Dice / HD95 of ``cases``. Rank r evaluates cases[r::W]; every
+    rank gets the gathered results, and keeps its own predictions when ``keep_predictions``."""
     if convention not in CONVENTIONS:
         raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
     check_edge_filter(edge_pixels, case_widths(store, cases))  # every rank, before any case is run
@@ -57,14 +59,12 @@ def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: 
         if keep_predictions:
             preds[case] = pred
     order = {c: i for i, c in enumerate(cases)}
-    per_case = sorted(_gather_objects(local, state), key=lambda r: order[r["case"]])
+    per_case = sorted(gather_objects(local, state), key=lambda r: order[r["case"]])
     if [r["case"] for r in per_case] != list(cases):
         raise RuntimeError("distributed evaluation lost or duplicated a case")
     out = {**summarize(per_case, store.classes), "per_case": per_case, "convention": convention,
            "edge_filter": edge_pixels, "n_cases": len(cases)}
-    if keep_predictions:
-        out["_predictions"] = preds
-    return out
+    return Evaluation(out, preds)
 
 
 def case_mean_dsc(entry: dict[str, Any]) -> float:

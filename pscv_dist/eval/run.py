@@ -2,7 +2,6 @@
 results.json (atomically, rank 0), print the table, draw the plots, log to an active MLflow run."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -17,15 +16,8 @@ from .evaluate import case_widths, check_compatible, evaluate
 from .metrics import check_edge_filter
 from .paths import check_writable_dir, check_writable_file, same_file
 from .report import box_plot, markdown_table, overlays
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-    return path
+from ..files import write_json_atomic
+from ..tracking import log_evaluation
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -88,11 +80,11 @@ def run_evaluation(checkpoint: str, store_path: str, split: str, convention: str
         model, meta = load_model(checkpoint, map_location=state.device)
         model.to(state.device)
         check_compatible(meta, store, where=str(checkpoint))
-        results = evaluate(model, store, cases, meta["size"], convention, edge_pixels, state,
-                           device=state.device, progress=progress, keep_predictions=plots is not None)
+        evaluation = evaluate(model, store, cases, meta["size"], convention, edge_pixels, state,
+                              device=state.device, progress=progress, keep_predictions=plots is not None)
         if not state.is_main:
             return None
-        preds = results.pop("_predictions", {})
+        results, preds = evaluation.results, evaluation.predictions
         results.update({"checkpoint": str(checkpoint), "split": split, "store": store_path})
         if plots:
             Path(plots).mkdir(parents=True, exist_ok=True)
@@ -101,19 +93,9 @@ def run_evaluation(checkpoint: str, store_path: str, split: str, convention: str
             results["plots"] += [str(p) for p in overlays(store, preds, results, plots)]
         if out:
             write_json_atomic(results, out)
-        _log_to_active_mlflow_run(results)
+        log_evaluation(results, results.get("plots", []))  # into the active MLflow run, if there is one
         print(markdown_table(results))
         return results
     finally:
         shutdown(state)
 
-
-def _log_to_active_mlflow_run(results: dict[str, Any]) -> None:
-    import mlflow
-
-    if mlflow.active_run() is None:
-        return
-    mlflow.log_metric("eval_mean_dsc", results["mean_dsc"] or 0.0)
-    mlflow.log_metric("eval_mean_hd95", results["mean_hd95"] or 0.0)
-    for p in results.get("plots", []):
-        mlflow.log_artifact(p, artifact_path="evaluation")

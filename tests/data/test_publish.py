@@ -16,7 +16,6 @@ import pytest
 
 from pscv_dist.cli import main
 from pscv_dist.data import SliceStore
-from pscv_dist.data.prepare import PrepareConfig, prepare
 
 from .fixtures import blob_volume, save_nifti, write_nifti_dataset
 

@@ -38,7 +38,7 @@ def test_evaluate_matches_direct_metrics(phantom_store, tmp_path):
 
     model, meta = load_model(random_checkpoint(tmp_path / "c", size=32))
     store = SliceStore(str(phantom_store))
-    res = evaluate(model, store, store.cases[:2], 32, "literature")
+    res = evaluate(model, store, store.cases[:2], 32, "literature").results
     for entry, case in zip(res["per_case"], store.cases[:2]):
         vol = store.volume(case)
         pred = predict_volume(model, vol["image"], 32)
@@ -50,7 +50,7 @@ def _worker(rank, world, tmp, store_path, ckpt, cases):
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
     model, meta = load_model(ckpt)
     state = DistState(rank=rank, world_size=world)
-    res = evaluate(model, SliceStore(store_path), cases, meta["size"], "strict", 2, state)
+    res = evaluate(model, SliceStore(store_path), cases, meta["size"], "strict", 2, state).results
     torch.save(json.dumps(res), f"{tmp}/res{rank}.pt")
     dist.destroy_process_group()
 
@@ -62,7 +62,7 @@ def test_distributed_evaluation_equals_single_process(phantom_store, tmp_path):
     cases = store.cases[:5]  # odd count: ranks get 3 and 2 cases, none duplicated
     mp.spawn(_worker, args=(2, str(tmp_path), str(phantom_store), ckpt, cases), nprocs=2, join=True)
     model, meta = load_model(ckpt)
-    single = evaluate(model, store, cases, meta["size"], "strict", 2)
+    single = evaluate(model, store, cases, meta["size"], "strict", 2).results
     for r in range(2):
         assert json.loads(torch.load(tmp_path / f"res{r}.pt")) == json.loads(json.dumps(single))
     assert [c["case"] for c in single["per_case"]] == cases

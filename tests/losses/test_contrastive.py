@@ -135,9 +135,8 @@ def test_ill_options_and_shapes():
     with pytest.raises(ValueError, match=r"images must be \(B, 1, H, W\)"):
         loss(torch.rand(2, 3, 4, 4), torch.rand(2, 1, 4, 5), torch.ones(2, 3, dtype=torch.bool), 0)
     nan = torch.rand(2, 3, 4, 4)
-    nan[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        loss(nan, torch.rand(2, 1, 4, 4), torch.ones(2, 3, dtype=torch.bool), 0)
+    nan[0, 0, 0, 0] = float("nan")  # not raised here: a non-finite loss, caught by the trainer's guard
+    assert not torch.isfinite(loss(nan, torch.rand(2, 1, 4, 4), torch.ones(2, 3, dtype=torch.bool), 0))
 
 
 @pytest.mark.slow

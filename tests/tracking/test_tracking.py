@@ -17,6 +17,7 @@ from pscv_dist.tracking import Tracker, check_tracking_uri, load_registered_mode
 from pscv_dist.tracking.runs import evaluation_metrics, known
 
 
+@pytest.mark.slow  # MLflow's pt2 export of the model takes ~15 s
 def test_log_model_registers_a_copy_and_leaves_the_training_module_alone(tmp_path):
     net = UNet(1, 3, 2, 2).to(torch.bfloat16).train()  # what DeepSpeed's bf16 mode trains
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -33,13 +34,13 @@ def test_log_model_registers_a_copy_and_leaves_the_training_module_alone(tmp_pat
     assert torch.equal(model.state_dict()["head.weight"], before["head.weight"].float())
 
 
-def test_reading_a_registry_never_creates_one(tmp_path, capsys):
+def test_reading_a_registry_never_creates_one(tmp_path, capsys, phantom_src):
     db = tmp_path / "nope" / "mlflow.db"
     with pytest.raises(ConfigError, match=f"no MLflow database at {db}"):
         load_registered_model("models:/x@latest", f"sqlite:///{db}")
-    (tmp_path / "in.nii.gz").write_bytes(b"")
+    image = sorted((phantom_src / "imagesTr").glob("*.nii.gz"))[0]
     rc = cli_main(["predict", "--model-uri", "models:/x@latest", "--tracking-uri", f"sqlite:///{db}",
-                   str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz")])
+                   str(image), str(tmp_path / "out.nii.gz")])
     err = capsys.readouterr().err
     assert rc == 2 and f"no MLflow database at {db}" in err and "Traceback" not in err
     assert not db.exists() and not db.parent.exists()

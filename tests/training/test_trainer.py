@@ -93,7 +93,7 @@ def test_two_rank_run_learns(straight_run, store48):
     from pscv_dist.model import UNet
 
     untrained = UNet(num_classes=4, base_width=8).eval()
-    base = evaluate(untrained, store, store.split("fold0/val"), 48)["mean_dsc"]
+    base = evaluate(untrained, store, store.split("fold0/val"), 48).results["mean_dsc"]
     assert summary["val_mean_dsc"] > base + 0.3
 
 

@@ -1,0 +1,71 @@
+"""The error vocabulary at the CLI boundary: one line, exit 2 (3 for a stopped run), a traceback only
+with -v, operating-system errors in words, and data errors from DataLoader workers unwrapped."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pscv_dist.cli import main as cli_main
+from pscv_dist.errors import (NonFiniteLoss, StoreError, cli_boundary, describe, unwrap_worker_error)
+from pscv_dist.trainer import next_batch
+
+
+def _raise(exc):
+    def fn():
+        raise exc
+    return fn
+
+
+def test_user_errors_are_one_line_and_exit_2(capsys):
+    assert cli_boundary("x", _raise(StoreError("s.zarr: slices/image: file c/0 is missing"))) == 2
+    err = capsys.readouterr().err
+    assert err == "pscv x: error: s.zarr: slices/image: file c/0 is missing\n"
+    assert cli_boundary("x", _raise(KeyError("split 'nope' not found"))) == 2
+    assert capsys.readouterr().err == "pscv x: error: split 'nope' not found\n"
+    assert cli_boundary("x", _raise(ValueError("two\nlines"))) == 2
+    assert capsys.readouterr().err == "pscv x: error: two lines\n"
+
+
+def test_stopped_run_exits_3_and_verbose_shows_the_traceback(capsys):
+    assert cli_boundary("train", _raise(NonFiniteLoss("step 4: NaN")), verbose=True) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("pscv train: stopped: step 4: NaN\n")
+
+
+def test_bugs_keep_their_traceback():
+    with pytest.raises(ZeroDivisionError):
+        cli_boundary("x", _raise(ZeroDivisionError("bug")))
+
+
+def test_os_errors_in_words(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    with pytest.raises(OSError) as err:
+        open(loop)
+    assert err.value.errno == errno.ELOOP and describe(err.value) == f"{loop}: symlink loop"
+    (tmp_path / "afile").write_text("x")
+    rc = cli_main(["inspect", str(loop)])
+    out = capsys.readouterr().err
+    assert rc == 2 and "symlink loop" in out and "Traceback" not in out
+
+
+class _Broken(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise StoreError("s.zarr: slices/image (slice 3): chunk could not be decoded")
+
+
+def test_data_errors_from_a_dataloader_worker_arrive_as_one_line():
+    it = iter(DataLoader(_Broken(), batch_size=2, num_workers=1))
+    with pytest.raises(StoreError) as err:
+        next_batch(it)
+    assert str(err.value) == "s.zarr: slices/image (slice 3): chunk could not be decoded"
+    plain = StoreError("one line")
+    assert unwrap_worker_error(plain) is plain
+    assert torch.utils.data.get_worker_info() is None
