@@ -23,12 +23,34 @@ def default_dropout(depth: int) -> tuple[float, ...]:
     return tuple(DEFAULT_DROPOUT[:shallow]) + (0.5,) * (depth + 1 - shallow)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises in float32 when its input is in a lower precision.
+
+    DeepSpeed's bf16 mode casts the parameters to bfloat16 but leaves the running statistics in
+    float32; torch's CPU kernel refuses that mix, and bf16 running statistics would drift. Like
+    apex's ``keep_batchnorm_fp32``, the statistics are computed and kept in float32 and the output
+    is cast back. In float32 (or under autocast, which runs batch_norm in float32) this is plain
+    ``nn.BatchNorm2d``; the state_dict keys are the same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 or self.running_mean is None or x.dtype == self.running_mean.dtype:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        out = nn.functional.batch_norm(x.float(), self.running_mean, self.running_var, w, b, self.training,
+                                       momentum, self.eps)
+        return out.to(x.dtype)
+
+
 class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, dropout: float):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(),
+            nn.Conv2d(cin, cout, 3, padding=1), BatchNorm2d(cout), nn.LeakyReLU(),
             nn.Dropout(dropout),
-            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1), BatchNorm2d(cout), nn.LeakyReLU(),
         )
 
 

@@ -49,3 +49,35 @@ def test_ill_inputs():
         UNet(upsample="nearest")
     with pytest.raises(ValueError, match="num_classes"):
         UNet(num_classes=1)
+
+
+def _deepspeed_bf16(model):
+    """What DeepSpeed's bf16 mode does to a module: parameters to bfloat16, buffers left alone."""
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return model
+
+
+def test_bf16_parameters_with_float32_statistics_train_and_predict():
+    """DeepSpeed bf16 leaves BatchNorm statistics in float32: the network still trains (statistics
+    kept in float32) and predicts from float32 volumes (the input is cast to the module's dtype)."""
+    import numpy as np
+
+    from pscv_dist.eval.inference import input_dtype, predict_volume
+
+    torch.manual_seed(0)
+    ref = UNet(1, 3, 4, 2).eval()
+    model = _deepspeed_bf16(UNet(1, 3, 4, 2))
+    model.load_state_dict(ref.state_dict())
+    assert input_dtype(model) == torch.bfloat16 and model.encoder[0][1].running_mean.dtype == torch.float32
+    x = torch.rand(2, 1, 16, 16)
+    model.train()
+    out = model(x.to(torch.bfloat16))
+    out.float().square().mean().backward()
+    bn = model.encoder[0][1]
+    assert out.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32 and bn.num_batches_tracked == 1
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    model.load_state_dict(ref.state_dict())
+    volume = np.random.default_rng(0).random((3, 20, 24)).astype(np.float32)
+    got, want = predict_volume(model, volume, 16), predict_volume(ref, volume, 16)
+    assert got.shape == want.shape == (3, 20, 24) and (got == want).mean() > 0.95

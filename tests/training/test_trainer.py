@@ -201,6 +201,28 @@ def test_deepspeed_zero1_matches_ddp(store48, tmp_path):
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
+def test_deepspeed_bf16_validates_and_registers(store48, tmp_path):
+    """DeepSpeed's bf16 mode casts the parameters to bfloat16 (BatchNorm statistics stay float32).
+    Validation and the registered model must still be fed what they expect: a 2-rank run with
+    train.precision=bf16 on the CPU validates, saves float32 bundles, and registers a model that
+    `pscv predict --model-uri` serves."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    rc, stdout, err = finish(torchrun(overrides(store48, out, iterations=4, **{
+        "train.engine": "deepspeed", "train.zero_stage": 1, "train.precision": "bf16", "train.val_every": 2,
+        "model.channels_last": "false", "tracking.register_model": "pscv-bf16"})))
+    assert rc == 0, err[-3000:]
+    assert "MLflow tracking unavailable" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_mean_dsc"] is not None and summary["step"] == 4
+    assert all(v.dtype == torch.float32 for v in weights(out / "best").values() if v.is_floating_point())
+    from pscv_dist.cli import main
+
+    img = sorted((store48.parent / "phantoms" / "imagesTr").glob("*.nii.gz"))[0]
+    assert main(["predict", "--model-uri", "models:/pscv-bf16@latest", "--tracking-uri", summary["tracking_uri"],
+                 str(img), str(tmp_path / "p.nii.gz")]) == 0
+
+
 def test_nan_guard_stops_with_last_good_checkpoint(store48, tmp_path):
     out = tmp_path / "run"
     rc, stdout, err = finish(torchrun(overrides(store48, out, iterations=40, **{
