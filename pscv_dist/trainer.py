@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -55,8 +55,15 @@ def next_batch(it):
 class Trainer:
     """One training run: everything is checked before the run folder is created or a step is taken."""
 
-    def __init__(self, cfg: Config, state: DistState):
-        self.cfg, self.state = cfg, state
+    def __init__(self, cfg: Config, state: DistState,
+                 on_validation: Callable[[int, dict[str, float], Path | None], None] | None = None):
+        """``on_validation(step, metrics, checkpoint)``, if given, is called on EVERY rank after each
+        validation (and after that step's checkpoint, when one is due), with the same values on all
+        ranks: the known ``val_*`` metrics (``val_mean_dsc``, ``val_mean_hd95``, per class), the last
+        logged training terms (``loss``, ``pce``, ``cv``, ...) and the newest complete checkpoint
+        folder (None before the first). Ray Tune and Ray Train report from it (``pscv tune``)."""
+        self.cfg, self.state, self.on_validation = cfg, state, on_validation
+        self.last_terms: dict[str, float] = {}
         if not cfg.data.store:
             raise ConfigError("data.store is not set: give the path of a store written by `pscv prepare`")
         self.store = SliceStore(cfg.data.store)
@@ -216,14 +223,20 @@ class Trainer:
                     mean = {k: all_reduce_mean(v).item() for k, v in terms.items()}
                     ips = seen / (time.perf_counter() - t0)
                     self._record({**mean, "lr": self.engine.lr, "images_per_s": ips})
+                    self.last_terms = mean
                     bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{ips:.1f}")
                     t0, seen = time.perf_counter(), 0
-                if self.val_cases and ((cfg.train.val_every and self.step % cfg.train.val_every == 0) or done):
+                validated = bool(self.val_cases) and (bool(cfg.train.val_every and self.step % cfg.train.val_every == 0)
+                                                      or done)
+                if validated:
                     self.n_val += 1
                     last_val = self.validate(keep_predictions=self._overlays_due(self.n_val))
                     self._after_validation(last_val)
                 if (cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0) or done:
                     self.save()
+                if validated and self.on_validation is not None:
+                    self.on_validation(self.step, {**self.last_terms, **evaluation_metrics(last_val.results, "val")},
+                                       self.checkpoints.latest())
                 bar.update(1)
             status = "FINISHED"
         finally:
