@@ -71,7 +71,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .eval.predict import plan_predictions, predict_pairs
+    from .eval.predict import plan_predictions, predict_pairs, write_predictions
 
     if bool(args.checkpoint) == bool(args.model_uri):
         raise ValueError("give exactly one of --checkpoint CKPT or --model-uri models:/NAME@ALIAS")
@@ -81,12 +81,35 @@ def _cmd_predict(args) -> int:
         from .model.bundle import load_model
 
         model, meta = load_model(args.checkpoint)
+        written = predict_pairs(model, meta, pairs)
     else:
         from .tracking import load_registered_model
 
-        model, meta = load_registered_model(args.model_uri, args.tracking_uri)
-    for path in predict_pairs(model, meta, pairs):
+        # the registered pyfunc segmenter: the same eval.predict.segment, behind MLflow's signature
+        written = write_predictions(load_registered_model(args.model_uri, args.tracking_uri).predict, pairs)
+    for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_register(args) -> int:
+    from .tracking import best_run, promote, register_run
+
+    chosen = [flag for flag, v in (("--run", args.run), ("--best-of", args.best_of), ("--version", args.version))
+              if v is not None]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --run RUN_ID, --best-of EXPERIMENT or --version V, found "
+                         f"{' and '.join(chosen) or 'none'}")
+    if args.version is not None:
+        done = promote(args.name, args.version, args.alias, args.tracking_uri)
+        print(f"alias {done.describe()}")
+        return 0
+    run_id = args.run
+    if args.best_of is not None:
+        run_id, value = best_run(args.best_of, args.metric, args.minimize, args.tracking_uri)
+        print(f"best run of {args.best_of}: {run_id} ({args.metric} = {value:.4g})")
+    done = register_run(run_id, args.name, args.alias, args.tracking_uri)
+    print(f"registered {done.describe()}")
     return 0
 
 
@@ -160,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--iterations", type=int, default=None)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("register", help="register a run's segmenter in the MLflow registry, or move an alias")
+    p.add_argument("--run", metavar="RUN_ID", help="the training run whose segmenter to register")
+    p.add_argument("--best-of", metavar="EXPERIMENT", help="register the finished run with the best --metric")
+    p.add_argument("--metric", default="val_mean_dsc", help="metric that ranks --best-of runs (default: val_mean_dsc)")
+    p.add_argument("--minimize", action="store_true", help="lower --metric is better (e.g. val_mean_hd95)")
+    p.add_argument("--version", metavar="V", help="promote this existing version (moves --alias to it)")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--alias", default="champion", help="alias to point at the version (default: champion; "
+                                                        "'latest' is reserved by MLflow)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=_cmd_register)
 
     p = sub.add_parser("predict", help="segment NIfTI volumes (file or folder)")
     p.add_argument("--checkpoint")

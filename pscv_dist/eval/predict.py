@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -97,19 +97,36 @@ def plan_predictions(src: str | Path, dst: str | Path, overwrite: bool = False) 
     return pairs
 
 
-def predict_pairs(model: torch.nn.Module, meta: dict[str, Any], pairs: list[tuple[Path, Path]],
-                  device="cpu", progress: bool = True) -> list[Path]:
-    """Predict each planned pair (see :func:`plan_predictions`); returns the outputs written."""
+def segment(model: torch.nn.Module, meta: dict[str, Any], image: np.ndarray, device="cpu") -> np.ndarray:
+    """THE prediction of one raw (Z, H, W) volume: the bundle's training normalisation, then
+    slice-by-slice at the training size (:func:`predict_volume`); uint8 (Z, H, W) labels.
+    ``pscv predict --checkpoint`` and the MLflow pyfunc model (so ``--model-uri`` and the scoring
+    server) all call this."""
+    image = normalize_intensity(image, meta["normalization"]["mode"])
+    return predict_volume(model.to(device), image, meta["size"], device=device)
+
+
+def write_predictions(segmenter: Callable[[np.ndarray], np.ndarray], pairs: list[tuple[Path, Path]],
+                      progress: bool = True) -> list[Path]:
+    """Run ``segmenter`` (raw float32 (Z, H, W) volume -> uint8 labels) on each planned pair (see
+    :func:`plan_predictions`) and write each output with its input's geometry; returns the outputs."""
     written = []
     for inp, out in progress_bar(iterable=pairs, desc="predict", unit="vol", disable=not progress):
         image, _ = read_nifti(inp)
         check_image(inp, image)  # again: the file may have changed since it was planned
-        image = normalize_intensity(image, meta["normalization"]["mode"])
-        pred = predict_volume(model.to(device), image, meta["size"], device=device)
+        # float32 is what normalize_intensity computes in anyway, and what the pyfunc accepts
+        pred = segmenter(np.ascontiguousarray(image, dtype=np.float32))
         out.parent.mkdir(parents=True, exist_ok=True)
         write_nifti_like(pred, inp, out)
         written.append(out)
     return written
+
+
+def predict_pairs(model: torch.nn.Module, meta: dict[str, Any], pairs: list[tuple[Path, Path]],
+                  device="cpu", progress: bool = True) -> list[Path]:
+    """Predict each planned pair (see :func:`plan_predictions`) with a bundle's model; returns the
+    outputs written."""
+    return write_predictions(lambda image: segment(model, meta, image, device=device), pairs, progress)
 
 
 def predict_files(model: torch.nn.Module, meta: dict[str, Any], src: str | Path, dst: str | Path,

@@ -6,7 +6,6 @@ is unreachable or a call fails, one warning is logged and training goes on with 
 """
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 
 import torch
 
-from ..model.bundle import save_model
 from .runs import known
 
 log = logging.getLogger(__name__)
@@ -71,27 +69,18 @@ class Tracker:
         self._call(lambda: self.mlflow.log_artifact(path, artifact_path=artifact_path))
 
     def log_model(self, model: torch.nn.Module, meta: dict[str, Any], register_as: str | None) -> None:
-        """Log a float32 CPU COPY of the model (MLflow's pt2 format; batch and H, W left dynamic), its
-        pscv metadata and the raw model bundle, and register it as a new version of ``register_as``.
-        ``models:/NAME@latest`` then resolves to it: MLflow reserves the alias ``latest`` for the newest
-        version (setting it explicitly is refused). The live training module is not moved, cast or
-        switched to eval mode."""
+        """Log the segmenter as an MLflow pyfunc model (``runs:/RUN_ID/model``, see
+        :mod:`.pyfunc`) and the raw model bundle as the artifact ``checkpoint/model.pt``; with
+        ``register_as``, register it as a new version of that model (``models:/NAME@latest``
+        resolves to the newest version: MLflow reserves that alias; ``pscv register`` moves real
+        ones). Both hold a float32 CPU copy of the weights: the live training module is not moved,
+        cast or switched to eval mode."""
         def do():
-            import numpy as np
-            from mlflow.models import ModelSignature
-            from mlflow.types import Schema, TensorSpec
+            from .pyfunc import log_segmenter
 
-            snapshot = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
-            s = meta["size"]
-            k = meta["model"]["num_classes"]
-            sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
-                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k, -1, -1))]))
-            info = self.mlflow.pytorch.log_model(snapshot, name="model", signature=sig,
-                                                 input_example=np.zeros((2, 1, s, s), np.float32),
-                                                 metadata={"pscv": meta}, registered_model_name=register_as)
             with tempfile.TemporaryDirectory() as tmp:
-                bundle = save_model(Path(tmp) / "model.pt", snapshot, meta)
-                self.mlflow.log_artifact(str(bundle), artifact_path="checkpoint")
+                info = log_segmenter(model, meta, tmp, registered_model_name=register_as)
+                self.mlflow.log_artifact(str(Path(tmp) / "model.pt"), artifact_path="checkpoint")
             return info
         return self._call(do)
 
