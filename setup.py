@@ -23,7 +23,7 @@ CORE = [
 EXTRAS = {
     "deepspeed": ["deepspeed==0.19.8"],
     "dali": ["nvidia-dali-cuda130==2.4.0"],
-    "tune": ["ray[tune]==2.60.0"],
+    "tune": ["ray[tune]==2.60.0", "optuna==5.0.0"],
     "test": ["pytest==9.2.0"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

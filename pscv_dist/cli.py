@@ -120,6 +120,22 @@ def _cmd_train(args) -> int:
                       + args.overrides)
 
 
+def _cmd_tune(args) -> int:
+    from .tune import TuneOptions, run_search
+
+    summary = run_search(TuneOptions(
+        out=args.out, config=args.config, space=args.space, overrides=args.overrides, num_samples=args.num_samples,
+        search=args.search, scheduler=args.scheduler, workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+        max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus, resume=args.resume,
+        grace_steps=args.grace_steps, reduction_factor=args.reduction_factor, seed=args.seed))
+    best = summary["best"]
+    print(f"best trial {best['trial_id']}: val_mean_dsc {best['best_dsc']:.4f} at step {best['best_step']}")
+    for name in summary["files"]:
+        print(f"  {name:18s} {summary['out']}/{name}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -177,6 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="Ray Tune search of a config's keys (default: loss.lambda_cv and loss.tau)")
+    p.add_argument("--config", help="base config: a YAML file or preset name (not needed with --resume)")
+    p.add_argument("--out", required=True, help="search folder: trials, MLflow store, results")
+    p.add_argument("--space", help="search space YAML (default: tune/spaces/pscv.yaml)")
+    p.add_argument("--num-samples", type=int, default=8, help="trials to sample (x every grid value)")
+    p.add_argument("--search", choices=["random", "optuna"], default="random")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha", help="ASHA on the training step")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="W > 1: each trial is a W-worker Ray Train run")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
+    p.add_argument("--address", help="join a Ray cluster (auto or ray://HOST:10001); default: a local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: this machine's)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.add_argument("--grace-steps", type=int, default=None, help="ASHA: steps before a trial can be stopped "
+                   "(default: train.val_every)")
+    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the best 1/F at each rung")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+    p.add_argument("overrides", nargs="*", help="section.key=value applied to the base config")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo", help="phantoms -> store -> 2-rank training -> evaluation -> MLflow, on CPU")
     p.add_argument("--out", default="demo_out")

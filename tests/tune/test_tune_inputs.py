@@ -1,0 +1,93 @@
+"""`pscv tune` refuses what cannot work before Ray starts: one line, exit 2, nothing created."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pscv_dist.cli import main
+from pscv_dist.tune.space import load_space, parse_space
+
+
+def _base(store: Path) -> list[str]:
+    return [f"data.store={store}", "data.train_split=fold0/train", "data.val_split=fold0/val", "data.batch_size=4",
+            "data.num_workers=0", "model.base_width=2", "train.iterations=4", "train.val_every=2"]
+
+
+def _refused(capsys, args: list[str]) -> str:
+    import ray
+
+    rc = main(["tune", *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pscv tune: error: ") and "Traceback" not in err, err
+    assert not ray.is_initialized()
+    return lines[0]
+
+
+def _space(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("space, expected", [
+    ("loss.lambda_cvv: {type: loguniform, low: 1.0e-4, high: 1.0}", "unknown config key loss.lambda_cvv; loss has"),
+    ("optimizer.lr: {type: uniform, low: 0.1, high: 0.2}", "unknown config section 'optimizer' in optimizer.lr"),
+    ("loss.tau: {type: uniform, low: 0.0, high: 0.3}",
+     "loss.tau low=0.0 is outside what the config accepts (loss.tau=0.0 is out of range; expected > 0)"),
+    ("model.depth: {type: randint, low: 2, high: 9}",
+     "model.depth high=9 is outside what the config accepts (model.depth=9 is out of range; expected >= 1 and <= 7)"),
+    ("loss.cv_classes: {type: choice, values: [all, background]}",
+     "loss.cv_classes value='background' is outside what the config accepts"),
+    ("loss.lambda_cv: {type: loguniform, low: 0, high: 1}", "loss.lambda_cv loguniform needs low > 0, found low=0"),
+    ("loss.name: {type: uniform, low: 0, high: 1}", "loss.name is str in the config; uniform needs a number key"),
+    ("train.out_dir: {type: choice, values: [a, b]}", "train.out_dir is set by pscv tune for every trial"),
+    ("loss.tau: {type: normal, mu: 0.1}", "loss.tau must be a mapping with type one of"),
+])
+def test_bad_space_is_refused_before_ray_starts(phantom_store, tmp_path, capsys, space, expected):
+    out = tmp_path / "search"
+    msg = _refused(capsys, ["--config", "cpu_quick", "--out", str(out), "--space", str(_space(tmp_path, space)),
+                            *_base(phantom_store)])
+    assert expected in msg and str(tmp_path / "space.yaml") in msg, msg
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, overrides, expected", [
+    (["--workers-per-trial", "0"], [], "--workers-per-trial=0: expected an integer >= 1"),
+    (["--workers-per-trial", "3", "--num-cpus", "4"], [], "data.batch_size=4 cannot be split exactly over --workers-per-trial=3"),
+    (["--workers-per-trial", "2", "--cpus-per-worker", "1", "--num-cpus", "1"], [],
+     "needs 2 CPUs per trial; this machine has 1"),
+    (["--num-samples", "0"], [], "--num-samples=0: expected an integer >= 1"),
+    ([], ["data.val_split=null"], "data.val_split is not set; a search ranks trials by validation DSC"),
+    ([], ["train.val_every=0"], "train.val_every=0 validates only at the end; ASHA needs validations"),
+    ([], ["loss.tau=-1"], "loss.tau=-1.0 is out of range"),
+    (["--search", "optuna", "--space", "GRID"], [], "grid values need --search random"),
+])
+def test_bad_options_are_refused_before_ray_starts(phantom_store, tmp_path, capsys, extra, overrides, expected):
+    out = tmp_path / "search"
+    if "GRID" in extra:
+        extra[extra.index("GRID")] = str(_space(tmp_path, "optim.lr: {type: grid, values: [0.1, 0.01]}"))
+    msg = _refused(capsys, ["--config", "cpu_quick", "--out", str(out), *extra, *_base(phantom_store), *overrides])
+    assert expected in msg, msg
+    assert not out.exists()
+
+
+def test_resume_of_nothing_and_a_second_search_in_the_same_folder(phantom_store, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert "holds no search to resume" in _refused(capsys, ["--out", str(out), "--resume"])
+    (out / "ray").mkdir(parents=True)
+    msg = _refused(capsys, ["--config", "cpu_quick", "--out", str(out), *_base(phantom_store)])
+    assert "holds a search already; pass --resume" in msg
+
+
+def test_default_space_and_its_tune_domains():
+    space = load_space(None, {})
+    assert space.describe() == {"loss.lambda_cv": "loguniform[0.0001, 1.0]", "loss.tau": "uniform[0.03, 0.3]"}
+    from ray.tune.search.sample import Float
+
+    domains = space.to_tune()
+    assert isinstance(domains["loss.lambda_cv"], Float) and domains["loss.tau"].lower == 0.03
+    ints = parse_space({"model.depth": {"type": "randint", "low": 2, "high": 4}}, {}, "x")
+    assert ints.to_tune()["model.depth"].upper == 5  # both bounds included
