@@ -163,14 +163,20 @@ def test_mlflow_run_contents(straight_run, store48, tmp_path):
     version = client.get_model_version_by_alias("pscv-test", "latest")  # MLflow's reserved alias: newest version
     assert version.run_id == run.info.run_id
     assert run.info.status == "FINISHED", "a failed registry call must not leave the run open"
-    # deploy from the registry: pscv predict --model-uri
+    info = mlflow.models.get_model_info("models:/pscv-test@latest")  # the pyfunc segmenter
+    assert "python_function" in info.flavors and info.metadata["pscv"]["interface"] == "pscv-segmenter/1"
+    bundle = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/checkpoint/model.pt", dst_path=str(tmp_path))
+    # deploy from the registry: pscv predict --model-uri, the same labels as the run's checkpoint artifact
     from pscv_dist.cli import main
 
     img = sorted((store48.parent / "phantoms" / "imagesTr").glob("*.nii.gz"))[0]
     mlflow.set_tracking_uri(None)  # the CLI's --tracking-uri must be what points it at the store
     assert main(["predict", "--model-uri", "models:/pscv-test@latest", "--tracking-uri", summary["tracking_uri"],
                  str(img), str(tmp_path / "p.nii.gz")]) == 0
-    assert (tmp_path / "p.nii.gz").exists()
+    assert main(["predict", "--checkpoint", bundle, str(img), str(tmp_path / "c.nii.gz")]) == 0
+    from pscv_dist.data.volume_io import read_nifti
+
+    assert (read_nifti(tmp_path / "p.nii.gz")[0] == read_nifti(tmp_path / "c.nii.gz")[0]).all()
 
 
 def test_deepspeed_zero1_matches_ddp(store48, tmp_path):
