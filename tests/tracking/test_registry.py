@@ -3,6 +3,8 @@ with an explicit signature and pscv metadata, a copy of the weights), `pscv regi
 best metric and by version (alias promotion), loading by alias, and every refusal as one line."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -189,3 +191,22 @@ def test_registry_commands_never_create_a_store_and_need_a_uri(mlflow_store, tmp
     assert not out.exists()
     with pytest.raises(DataError, match="model not found"):
         load_registered_model(f"runs:/{mlflow_store.runs['C']}/model", mlflow_store.uri)
+
+
+def test_scoring_protocol_turns_every_bad_volume_into_a_400(mlflow_store):
+    """MLflow's scoring-server handler, in process (the real server: test_serving.py)."""
+    from mlflow.pyfunc import scoring_server
+
+    served = load_registered_model(f"runs:/{mlflow_store.runs['A']}/model", mlflow_store.uri)
+    schema = served.metadata.get_input_schema()
+    ok = scoring_server.invocations('{"inputs": [[[1, 2], [3, 4]]]}', "application/json", served, schema)
+    assert ok.status == 200 and json.loads(ok.response)["predictions"] == \
+        served.predict(np.array([[[1, 2], [3, 4]]], np.float32)).tolist()
+    for body, says in (('{"inputs": [[1, 2], [3, 4]]}', "Shape of input (2, 2) does not match expected shape"),
+                       ('{"inputs": [[[NaN, 2], [3, 4]]]}', "1 voxel(s) are NaN or inf"),
+                       ('{"inputs": [[[]]]}', "with Z, H, W >= 1, found shape (1, 1, 0)"),
+                       ('{"inputs": [[["a"]]]}', "could not convert string to float"),
+                       ('{"volume": [[[1]]]}', "inputs")):
+        with pytest.raises(MlflowException) as err:
+            scoring_server.invocations(body, "application/json", served, schema)
+        assert err.value.get_http_status_code() == 400 and says in err.value.message, err.value.message[-500:]
