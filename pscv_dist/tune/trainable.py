@@ -70,8 +70,8 @@ def _metrics(step: int, values: dict[str, float], extra: dict[str, Any]) -> dict
     return out
 
 
-def _last_validation(trial_dir: Path) -> tuple[int, dict[str, float]] | None:
-    """The newest validation in a run's ``train_log.jsonl`` (a trial restarted after it finished)."""
+def _last_validation(trial_dir: Path, up_to: int) -> tuple[int, dict[str, float]] | None:
+    """The newest validation at or before step ``up_to`` in a run's ``train_log.jsonl``."""
     log = trial_dir / "train_log.jsonl"
     if not log.is_file():
         return None
@@ -80,7 +80,7 @@ def _last_validation(trial_dir: Path) -> tuple[int, dict[str, float]] | None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "val_mean_dsc" in rec or "val_mean_hd95" in rec:
+        if ("val_mean_dsc" in rec or "val_mean_hd95" in rec) and rec["step"] <= up_to:
             step = rec.pop("step")
             rec.pop("time", None)
             return step, rec
@@ -89,27 +89,25 @@ def _last_validation(trial_dir: Path) -> tuple[int, dict[str, float]] | None:
 
 def _fit(cfg: Config, report: Callable[[dict[str, Any]], None], extra: Callable[[], dict[str, Any]],
          trial_dir: Path, timing: dict[str, float]) -> None:
-    """Run the trainer; every validation is reported. A trial restarted after its last step (the
-    driver died before Tune recorded it) reports its final validation again from the run log.
-    ``timing["ready"]`` is set when the trainer is built (start-up overhead = ready - started)."""
+    """Run the trainer; every validation is reported. A restarted trial (resumed from its checkpoint)
+    first reports its newest validation again from the run log: the scheduler may have lost it with
+    the driver, and ASHA judges the trial on it before it trains further (a repeated report is not
+    counted twice). ``timing["ready"]`` is set when the trainer is built (start-up = ready - started)."""
     from ..distributed import init_distributed, shutdown
     from ..trainer import Trainer
 
     state = init_distributed()
-    reported = []
 
     def on_validation(step: int, values: dict[str, float], checkpoint) -> None:
-        reported.append(step)
         report(_metrics(step, values, extra()))
 
     try:
         trainer = Trainer(cfg, state, on_validation=on_validation)
         timing["ready"] = time.time()
+        last = _last_validation(trial_dir, trainer.step) if trainer.step else None
+        if last is not None:
+            report(_metrics(last[0], last[1], extra()))
         trainer.fit()
-        if not reported:
-            last = _last_validation(trial_dir)
-            if last is not None:
-                report(_metrics(last[0], last[1], extra()))
     finally:
         shutdown(state)
 

@@ -1,0 +1,152 @@
+"""`pscv tune` end to end on a real local Ray (2 CPUs) and a real MLflow sqlite store.
+
+One search of 4 tiny trials is interrupted (the driver's whole process group SIGKILLed once a trial
+has a checkpoint) and resumed with --resume; ASHA stops the weak trials, every trial has exactly
+one MLflow child run, a restarted trial continues from its checkpoint, and the best config trains
+with `pscv train` as is. One 2-worker trial checks that its CV negatives cross the workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+ITERS, VAL = 8, 4
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def overrides(store: Path, **extra) -> list[str]:
+    base = {"data.store": store, "data.train_split": "fold0/train", "data.val_split": "fold0/val",
+            "data.batch_size": 4, "data.num_workers": 0, "model.base_width": 2, "augment.backend": "none",
+            "train.iterations": ITERS, "train.val_every": VAL, "train.ckpt_every": VAL, "train.log_every": VAL}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def tune_cmd(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pscv_dist.cli", "tune", "--out", str(out), "--num-cpus", "2", *args]
+
+
+def run(cmd: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def committed(out: Path) -> dict[str, int]:
+    """trial id -> newest complete checkpoint step."""
+    found = {}
+    for commit in (out / "trials").glob("*/checkpoints/step_*/COMMIT"):
+        trial = commit.parents[2].name
+        found[trial] = max(found.get(trial, 0), int(commit.parent.name.split("_")[1]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def search(phantom_store, tmp_path_factory):
+    """The interrupted-then-resumed search: (out, results, checkpoints at the kill, stdout of the resume)."""
+    root = tmp_path_factory.mktemp("tune")
+    out = root / "search"
+    space = root / "space.yaml"
+    # a good and a weaker learning rate, two that do not learn: ASHA has something to stop
+    space.write_text("optim.lr: {type: grid, values: [0.3, 0.1, 1.0e-6, 1.0e-7]}\n"
+                     "loss.lambda_cv: {type: loguniform, low: 1.0e-4, high: 1.0e-3}\n")
+    args = ["--config", "cpu_quick", "--space", str(space), "--num-samples", "1", "--max-concurrent", "2",
+            "--reduction-factor", "2", *overrides(phantom_store)]
+    t0 = time.time()
+    driver = subprocess.Popen(tune_cmd(out, *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not committed(out):
+        assert driver.poll() is None, driver.stdout.read()[-3000:]
+        assert time.time() < deadline, "no trial checkpoint within 300 s"
+        time.sleep(0.1)
+    at_kill = committed(out)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-search
+    driver.wait()
+    resumed = run(tune_cmd(out, "--resume"))
+    results = json.loads((out / "results.json").read_text())
+    print(f"\nsearch with one kill + resume: {time.time() - t0:.0f} s")
+    return out, results, at_kill, resumed.stdout
+
+
+def test_resumed_search_finishes_every_trial_and_asha_stops_the_weak(search):
+    out, results, at_kill, stdout = search
+    trials = results["trials"]
+    assert len(trials) == 4 and all(t["error"] is None and t["best_dsc"] is not None for t in trials), trials
+    assert {t["optim.lr"] for t in trials} == {0.3, 0.1, 1e-6, 1e-7}
+    stopped = [t for t in trials if t["stopped"]]
+    assert stopped and all(t["steps"] < ITERS for t in stopped)
+    assert any(t["steps"] == ITERS for t in trials)
+    assert results["best"]["best_dsc"] == max(t["best_dsc"] for t in trials)
+    assert "best trial" in stdout and "best_config.yaml" in stdout
+    for name in ("results.csv", "results.md", "best_config.yaml", "dsc_vs_params.png"):
+        assert (out / name).is_file(), name
+    md = (out / "results.md").read_text().splitlines()
+    assert md[0].startswith("| trial | optim.lr | loss.lambda_cv | best DSC") and len(md) == 2 + 4
+    for t in trials:
+        print(f"trial {t['trial_id']} lr={t['optim.lr']:g}: DSC {t['best_dsc']:.4f}, {t['steps']} steps, "
+              f"stopped={t['stopped']}, wall {t['wall_s']:.1f} s, start-up {t['startup_s']:.1f} s")
+
+
+def test_a_trial_restarted_by_resume_continues_from_its_checkpoint(search):
+    out, _, at_kill, _ = search
+    for trial, step in at_kill.items():
+        log = [json.loads(line) for line in (out / "trials" / trial / "train_log.jsonl").read_text().splitlines()]
+        val_steps = [r["step"] for r in log if "val_mean_dsc" in r]
+        assert len(val_steps) == len(set(val_steps)), f"{trial} trained steps again: {val_steps}"
+        assert step in val_steps
+
+
+def test_one_mlflow_child_run_per_trial_after_resume(search):
+    from pscv_dist.tracking.search import child_runs
+
+    out, results, _, _ = search
+    record = json.loads((out / "search_run.json").read_text())
+    children = child_runs(record["tracking_uri"], record["experiment_id"], record["run_id"])
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(t["trial_id"] for t in results["trials"])  # exactly one each, no duplicates
+    for child in children:
+        assert child.data.params["optim.lr"] and child.data.params["train.out_dir"].endswith(child.info.run_name)
+        assert "val_mean_dsc" in child.data.metrics
+    import mlflow
+
+    parent = mlflow.tracking.MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 4
+
+
+def test_best_config_trains_with_pscv_train_as_is(search):
+    out, results, _, _ = search
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["optim"]["lr"] == results["best"]["optim.lr"]
+    proc = run([sys.executable, "-m", "pscv_dist.cli", "train", "--config", str(out / "best_config.yaml")])
+    summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["step"] == ITERS and summary["out_dir"] == str(out / "best_run")
+
+
+def test_two_worker_trial_gathers_the_global_batch_across_workers(phantom_store, tmp_path):
+    out = tmp_path / "search"
+    t0 = time.time()
+    run(tune_cmd(out, "--config", "cpu_quick", "--num-samples", "1", "--workers-per-trial", "2",
+                 "--scheduler", "none", *overrides(phantom_store)))
+    wall = time.time() - t0
+    results = json.loads((out / "results.json").read_text())
+    (trial,) = results["trials"]
+    assert trial["error"] is None and trial["steps"] == ITERS
+    reports = [json.loads(line) for line in
+               (out / "ray" / "search" / trial["trial_id"] / "result.json").read_text().splitlines()]
+    assert [r["step"] for r in reports] == [VAL, ITERS]
+    for r in reports:  # rank 0's view of the group Ray built, which the CV term gathers over
+        assert r["world_size"] == 2 and r["group_from_ray"] == 1
+        assert r["gathered_batch"] == 4 and r["gathered_ranks"] == 2  # the trial's global batch, both workers
+    assert (out / "train_runs" / trial["trial_id"]).is_dir()  # the Train run is named by the trial id
+    print(f"\n2-worker trial: start-up {trial['startup_s']:.1f} s of {trial['wall_s']:.1f} s "
+          f"({trial['startup_s'] / trial['wall_s']:.0%}); whole command {wall:.0f} s")
