@@ -101,16 +101,19 @@ def _get_run(client, run_id: str, uri: str):
         raise DataError(f"--run {run_id}: no such run in the MLflow store at {uri} ({_first_line(exc)})") from None
 
 
+def _is_segmenter_info(info) -> bool:
+    from .pyfunc import INTERFACE
+
+    return ((info.metadata or {}).get("pscv") or {}).get("interface") == INTERFACE
+
+
 def _is_segmenter(model_uri: str) -> bool:
     import mlflow
 
-    from .pyfunc import INTERFACE
-
     try:
-        info = mlflow.models.get_model_info(model_uri)
-    except Exception:
+        return _is_segmenter_info(mlflow.models.get_model_info(model_uri))
+    except Exception:  # a logged model without an MLmodel file (its logging failed) is not one
         return False
-    return ((info.metadata or {}).get("pscv") or {}).get("interface") == INTERFACE
 
 
 def segmenter_of_run(run_id: str, experiment_id: str) -> str | None:
@@ -230,10 +233,10 @@ def load_registered_model(model_uri: str, tracking_uri: str | None = None):
         raise ConfigError(f"--model-uri {model_uri!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model")
     uri = _connect(tracking_uri, f"--model-uri {model_uri}")
     try:
-        mlflow.models.get_model_info(model_uri)
+        info = mlflow.models.get_model_info(model_uri)
     except Exception as exc:
         raise DataError(f"{model_uri}: model not found in the MLflow registry at {uri} ({_first_line(exc)})") from None
-    if not _is_segmenter(model_uri):
+    if not _is_segmenter_info(info):
         raise DataError(f"{model_uri}: not a pscv segmenter (expected a pyfunc model with pscv metadata; "
                         f"models logged before pscv logged pyfunc segmenters cannot be served)")
     return mlflow.pyfunc.load_model(model_uri)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from mlflow import pyfunc as mlflow_pyfunc
 from mlflow.exceptions import MlflowException
 
 from pscv_dist.cli import main as cli_main
@@ -210,3 +211,25 @@ def test_scoring_protocol_turns_every_bad_volume_into_a_400(mlflow_store):
         with pytest.raises(MlflowException) as err:
             scoring_server.invocations(body, "application/json", served, schema)
         assert err.value.get_http_status_code() == 400 and says in err.value.message, err.value.message[-500:]
+
+
+class NotASegmenter(mlflow_pyfunc.PythonModel):
+    _skip_type_hint_validation = True
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_pyfunc_that_is_not_a_pscv_segmenter_is_refused(mlflow_store, capsys):
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_store.uri)
+    mlflow.create_experiment("other", artifact_location=(mlflow_store.root / "other").as_uri())  # not ./mlruns
+    mlflow.set_experiment("other")
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="model", python_model=NotASegmenter(), pip_requirements=[],
+                                registered_model_name="foreign")
+    assert cli_main(["register", "--run", run.info.run_id, "--name", "x", "--tracking-uri", mlflow_store.uri]) == 2
+    assert f"--run {run.info.run_id}: the run logged no pscv segmenter model" in capsys.readouterr().err
+    with pytest.raises(DataError, match="models:/foreign/1: not a pscv segmenter"):
+        load_registered_model("models:/foreign/1", mlflow_store.uri)
