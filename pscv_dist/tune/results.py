@@ -20,7 +20,6 @@ import yaml
 from ..config import from_dict
 from ..files import write_json_atomic
 
-FILES = ("results.csv", "results.md", "results.json", "best_config.yaml", "dsc_vs_params.png")
 
 
 def _num(v: Any) -> float | None:

@@ -179,49 +179,48 @@ def start_ray(o: TuneOptions) -> None:
              log_to_driver=False, logging_level=logging.WARNING)
 
 
-class Progress:
-    """One status line whenever a count or the best score changes: running / done / stopped by ASHA /
-    errored, and the best ``val_mean_dsc`` so far with its trial and values."""
+def progress_callback(iterations: int, stream=None):
+    """A Tune callback that prints one status line whenever a count or the best score changes:
+    running / pending / done / stopped by ASHA / errored, and the best ``val_mean_dsc`` so far with
+    its trial and values. (Built in a function: Ray is imported only when a search runs.)"""
+    from ray.tune import Callback
 
-    def __new__(cls, iterations: int, stream=None):
-        from ray.tune import Callback
+    class _Progress(Callback):
+        def __init__(self):
+            self.iterations, self.stream, self.t0, self.last = iterations, stream or sys.stdout, time.time(), None
+            self.best: tuple[float, str, dict] | None = None
 
-        class _Progress(Callback):
-            def __init__(self):
-                self.iterations, self.stream, self.t0, self.last = iterations, stream or sys.stdout, time.time(), None
-                self.best: tuple[float, str, dict] | None = None
+        def _line(self, trials) -> None:
+            stopped = sum(1 for t in trials if t.status == "TERMINATED"
+                          and (t.last_result or {}).get(TIME_ATTR, self.iterations) < self.iterations)
+            done = sum(1 for t in trials if t.status == "TERMINATED") - stopped
+            counts = (sum(t.status == "RUNNING" for t in trials), sum(t.status == "PENDING" for t in trials),
+                      done, stopped, sum(t.status == "ERROR" for t in trials))
+            best = "-" if self.best is None else (
+                f"{self.best[0]:.4f} ({self.best[1]}: "
+                + ", ".join(f"{k}={_fmt(v)}" for k, v in self.best[2].items()) + ")")
+            line = (f"running {counts[0]} | pending {counts[1]} | done {counts[2]} | stopped {counts[3]} | "
+                    f"errored {counts[4]} | best {METRIC} {best}")
+            if line != self.last:
+                self.last = line
+                print(f"[pscv tune {time.time() - self.t0:6.0f}s] {line}", file=self.stream, flush=True)
 
-            def _line(self, trials) -> None:
-                stopped = sum(1 for t in trials if t.status == "TERMINATED"
-                              and (t.last_result or {}).get(TIME_ATTR, self.iterations) < self.iterations)
-                done = sum(1 for t in trials if t.status == "TERMINATED") - stopped
-                counts = (sum(t.status == "RUNNING" for t in trials), sum(t.status == "PENDING" for t in trials),
-                          done, stopped, sum(t.status == "ERROR" for t in trials))
-                best = "-" if self.best is None else (
-                    f"{self.best[0]:.4f} ({self.best[1]}: "
-                    + ", ".join(f"{k}={_fmt(v)}" for k, v in self.best[2].items()) + ")")
-                line = (f"running {counts[0]} | pending {counts[1]} | done {counts[2]} | stopped {counts[3]} | "
-                        f"errored {counts[4]} | best {METRIC} {best}")
-                if line != self.last:
-                    self.last = line
-                    print(f"[pscv tune {time.time() - self.t0:6.0f}s] {line}", file=self.stream, flush=True)
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            v = result.get(METRIC)
+            if v is not None and math.isfinite(v) and (self.best is None or v > self.best[0]):
+                self.best = (v, trial.trial_id, dict(trial.config))
+            self._line(trials)
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                v = result.get(METRIC)
-                if v is not None and math.isfinite(v) and (self.best is None or v > self.best[0]):
-                    self.best = (v, trial.trial_id, dict(trial.config))
-                self._line(trials)
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._line(trials)
 
-            def on_trial_start(self, iteration, trials, trial, **info):
-                self._line(trials)
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trials)
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._line(trials)
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trials)
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trials)
-
-        return _Progress()
+    return _Progress()
 
 
 def _fmt(v: Any) -> str:
@@ -260,7 +259,10 @@ def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
 
     o = plan.opts
     trainable = _trainable(plan, ctx)
-    if o.resume and tune.Tuner.can_restore(str(plan.experiment_path)):
+    if o.resume:
+        if not tune.Tuner.can_restore(str(plan.experiment_path)):
+            raise ConfigError(f"--resume: {plan.experiment_path} holds no Ray Tune state (the driver stopped before "
+                              f"the search started); remove {plan.out} and start again")
         return tune.Tuner.restore(str(plan.experiment_path), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     if o.search == "optuna":
@@ -284,7 +286,7 @@ def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
                                     scheduler=scheduler, max_concurrent_trials=limit,
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(plan.out / RAY_DIR), verbose=0,
-                                  callbacks=[Progress(plan.iterations, stream)],
+                                  callbacks=[progress_callback(plan.iterations, stream)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
 
 
