@@ -159,7 +159,7 @@ class TrackingConfig:
     artifact_location: str | None = None  # default: <out_dir>/mlartifacts
     experiment: str = "pscv"
     run_name: str | None = None
-    register_model: str | None = None  # registered model name; alias "latest" set on it
+    register_model: str | None = None  # register each finished run as a new version (models:/NAME@latest = newest)
     image_every: int = 0  # log validation overlays every N validations (0 = only the last)
 
     def __post_init__(self):
