@@ -144,6 +144,11 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the choices come from the modules that own them (one list each)
+    from .data.sources import LAYOUTS
+    from .data.volumes import NORMALIZATIONS
+    from .eval.metrics import CONVENTIONS
+
     parser = argparse.ArgumentParser(prog="pscv", description="Point-supervised contrastive variance segmentation")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="convert a dataset into a Zarr v3 store with point labels")
     p.add_argument("src", nargs="?", help="source folder (omit with --synthetic)")
     p.add_argument("out", nargs="?", help="output store: a folder or an fsspec URL")
-    p.add_argument("--layout", choices=["nifti", "acdc", "wsl4mis-h5", "btcv", "transunet"])
+    p.add_argument("--layout", choices=list(LAYOUTS))
     p.add_argument("--synthetic", type=int, metavar="N", help="generate N phantoms and convert them")
     p.add_argument("--phantom-dir", help="keep the generated phantom NIfTI files here")
     p.add_argument("--size", type=int, default=256)
@@ -162,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-per-class", type=int, default=1)
     p.add_argument("--no-background-points", action="store_true")
     p.add_argument("--classes", help="comma-separated class names, background first (nifti without dataset.json)")
-    p.add_argument("--normalization", choices=["mr", "ct", "none"], help="override the layout's default")
+    p.add_argument("--normalization", choices=NORMALIZATIONS, help="override the layout's default")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is a complete pscv store (anything else at OUT is refused)")
     p.add_argument("--skip-empty", action="store_true",
@@ -181,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or its model.pt")
     p.add_argument("--store", required=True)
     p.add_argument("--split", required=True, help="e.g. test, fold0/val, all")
-    p.add_argument("--convention", choices=["strict", "literature"], default="strict")
+    p.add_argument("--convention", choices=CONVENTIONS, default="strict")
     p.add_argument("--edge-filter", type=int, default=0, metavar="PIXELS",
                    help="set the PIXELS columns nearest the left/right edges to background (Synapse: 50); "
                         "0 <= PIXELS < half the narrowest case width")

@@ -106,8 +106,11 @@ class LossConfig:
         _range("loss.lambda_cv_warmup", self.lambda_cv_warmup, 0)
         _range("loss.mu", self.mu, 0)
         _range("loss.tau", self.tau, 0, lo_open=True)
-        _choice("loss.cv_classes", self.cv_classes, ("all", "foreground"))
-        _choice("loss.gather_dtype", self.gather_dtype, ("float32", "bfloat16"))
+        from .losses.contrastive import CV_CLASSES
+        from .losses.objectives import GATHER_DTYPES
+
+        _choice("loss.cv_classes", self.cv_classes, CV_CLASSES)
+        _choice("loss.gather_dtype", self.gather_dtype, tuple(GATHER_DTYPES))
         _range("loss.lambda_ms", self.lambda_ms, 0)
         _range("loss.lambda_ent", self.lambda_ent, 0)
 
@@ -286,11 +289,13 @@ def presets() -> list[str]:
 def resolve_config_path(path: str | Path) -> Path:
     """A config file path, or the name of a packaged preset (``acdc`` or ``acdc.yaml``)."""
     p = Path(path)
-    if p.exists():
+    if p.is_file():
         return p
     name = p.name.removesuffix(".yaml")
     if p.parent == Path(".") and name in presets():
         return PRESETS_DIR / f"{name}.yaml"
+    if p.exists():
+        raise ConfigError(f"{p}: is a folder, expected a YAML config file or a preset name ({', '.join(presets())})")
     raise ConfigError(f"{p}: config file not found (nor a preset; presets: {', '.join(presets())})")
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import read_yaml_config
+from .config import PRESETS_DIR, read_yaml_config
 from .errors import PscvError
 
-PRESET = "demo"  # the packaged preset pscv_dist/configs/demo.yaml: the one copy of the demo's config
+PRESET = PRESETS_DIR / "demo.yaml"  # the packaged preset: the one copy of the demo's config (not cwd-dependent)
 N_PHANTOMS, SIZE = 20, 64
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from .checkpoint import read
 from .config import Config
 from .distributed import DistState, all_finite
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .model.bundle import save_atomic
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class DDPEngine(Engine):
         super().__init__(model, cfg, state)
         self.raw = model
         if cfg.model.sync_bn and state.device.type != "cuda":
-            raise ValueError("model.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU "
+            raise ConfigError("model.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU "
                              "implementation; set model.sync_bn=false for CPU runs")
         if cfg.model.sync_bn and state.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -85,7 +85,6 @@ class Trainer:
                           tuple(m.dropout) if m.dropout else None, m.upsample).to(state.device)
         if self.val_cases:  # a damaged validation volume fails now, not after hours of training
             self.store.check_cases(self.val_cases)
-        self.out.mkdir(parents=True, exist_ok=True)
         if m.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.engine = build_engine(self.model, cfg, state, self.local_batch)
@@ -94,6 +93,7 @@ class Trainer:
         self.objective = build_objective(cfg.loss, self.store.num_classes, self.store.ignore_index,
                                          seed=cfg.train.seed, compile=cfg.model.compile)
         self.augment = Augmenter(cfg.augment, self.store.ignore_index, cfg.train.seed)
+        self.out.mkdir(parents=True, exist_ok=True)  # only now: a refused engine / objective leaves nothing
         self.step, self.n_val, self.best = 0, 0, {"dsc": None, "step": None}
         self.checkpoints = CheckpointManager(self.out / "checkpoints", state, cfg.train.keep_last)
         resumed = self.checkpoints.load(self.engine, cfg.to_dict())

@@ -34,7 +34,16 @@ def test_one_copy_of_each_preset_shipped_in_the_package():
 def test_demo_loads_its_preset_not_a_copy():
     import pscv_dist.demo as demo
 
-    assert not hasattr(demo, "DEMO_CONFIG") and demo.PRESET == "demo"
+    assert not hasattr(demo, "DEMO_CONFIG") and demo.PRESET == PRESETS_DIR / "demo.yaml"
+
+
+def test_a_folder_named_like_a_preset_is_not_a_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acdc").mkdir()  # a folder in the working directory: the preset still loads by name
+    assert load_config("acdc").train.iterations == 60000
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="mine: is a folder, expected a YAML config file or a preset name"):
+        load_config("mine")
 
 
 def test_loss_names_come_from_the_objective_registry():

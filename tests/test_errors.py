@@ -69,3 +69,17 @@ def test_data_errors_from_a_dataloader_worker_arrive_as_one_line():
     plain = StoreError("one line")
     assert unwrap_worker_error(plain) is plain
     assert torch.utils.data.get_worker_info() is None
+
+
+def test_symlink_loops_are_named_for_predict_input_and_checkpoint(tmp_path, capsys, phantom_src):
+    loop = tmp_path / "loop.nii.gz"
+    os.symlink(loop, loop)
+    ckpt_loop = tmp_path / "ck.pt"
+    os.symlink(ckpt_loop, ckpt_loop)
+    image = sorted((phantom_src / "imagesTr").glob("*.nii.gz"))[0]
+    for args in (["predict", "--checkpoint", str(ckpt_loop), str(loop), str(tmp_path / "o.nii.gz")],
+                 ["predict", "--checkpoint", str(ckpt_loop), str(image), str(tmp_path / "o.nii.gz")]):
+        rc = cli_main(args)
+        err = capsys.readouterr().err
+        assert rc == 2 and "symlink loop" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.nii.gz").exists()

@@ -32,6 +32,9 @@ def test_pytorchjob_runs_the_trainer_with_the_packaged_preset():
     cfg = load_config(preset, overrides)  # validates every override against the schema
     assert cfg.data.store.startswith("/data") and cfg.train.out_dir.startswith("/runs")
     assert cfg.train.iterations == load_config(preset).train.iterations == 60000
+    ranks = job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] * int(job["spec"]["nprocPerNode"])
+    assert cfg.data.batch_size % ranks == 0, f"global batch {cfg.data.batch_size} cannot be split over {ranks} ranks"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == int(job["spec"]["nprocPerNode"])
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["data"] == "/data" and mounts["runs"] == "/runs"
     volumes = {v["name"]: v for v in spec["volumes"]}

@@ -5,6 +5,7 @@ SLURM itself cannot exist here: `srun` and `scontrol` are emulated by two small 
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
+
+def free_port() -> int:
+    """A port nothing listens on now (fixed ports collide on a shared machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 def tiny(tmp_path_factory):
     from pscv_dist.data.prepare import PrepareConfig, prepare
     from pscv_dist.data.synthetic import write_phantoms
@@ -47,7 +55,7 @@ def test_torchrun_single(tiny):
 
 
 def test_torchrun_multi_one_node(tiny):
-    run(["bash", "launch/torchrun_multi.sh"], tiny, {"NNODES": "1", "RDZV_ENDPOINT": "127.0.0.1:29471", "JOB_ID": "t1"},
+    run(["bash", "launch/torchrun_multi.sh"], tiny, {"NNODES": "1", "RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", "JOB_ID": "t1"},
         out="multi")
 
 
@@ -59,10 +67,10 @@ def test_slurm_script(tiny, tmp_path):
     for f in fake.iterdir():
         f.chmod(0o755)
     env = {"PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
-           "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "RDZV_PORT": "29472"}
+           "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "RDZV_PORT": str(free_port())}
     run(["bash", "launch/slurm.sbatch"], tiny, env, out="slurm")
 
 
 def test_deepspeed_launcher(tiny):
     pytest.importorskip("deepspeed")
-    run(["bash", "launch/deepspeed.sh"], tiny, {"MASTER_PORT": "29473"}, out="ds")
+    run(["bash", "launch/deepspeed.sh"], tiny, {"MASTER_PORT": str(free_port())}, out="ds")

@@ -223,8 +223,9 @@ class UrlTarget:
     def claim(self, src: str, overwrite: bool) -> Path:
         self.overwrite = overwrite
         key = hashlib.sha256(self.out.encode()).hexdigest()[:24]
-        folder = Path(tempfile.gettempdir()) / "pscv-locks"
-        folder.mkdir(exist_ok=True)
+        # per user: a shared folder created by the first user would refuse everyone else's locks
+        folder = Path(tempfile.gettempdir()) / f"pscv-locks-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
         self.lock = RunLock(folder / f"{key}.lock", self.out).acquire()
         try:
             self._check_existing()

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data.volume_io import read_nifti, write_nifti_like
+from ..data.volume_io import check_file, read_nifti, write_nifti_like
 from ..data.volumes import normalize_intensity
 from ..errors import DataError, OutputError
 from ..progress import progress_bar
@@ -34,6 +34,8 @@ NII = re.compile(r"\.nii(\.gz)?$")
 
 def _pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     if not src.exists():
+        if src.is_symlink():
+            check_file(src)  # names a symlink loop or a dangling link
         raise DataError(f"{src}: input not found")
     if src.is_file():
         if not NII.search(src.name):

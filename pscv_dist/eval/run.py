@@ -27,7 +27,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def check_outputs(out: str | None, plots: str | None, checkpoint: str, store_path: str) -> None:
     """``out`` (results.json) a writable file path that is not the checkpoint; ``plots`` a writable
-    or creatable folder; neither inside a local store.
+    or creatable folder; neither inside a local store nor inside the checkpoint's folder (whose
+    files — train state, RNG states, COMMIT — a resume verifies and would then refuse).
 
     Raises:
         OutputError: one line naming the path.
@@ -35,12 +36,16 @@ def check_outputs(out: str | None, plots: str | None, checkpoint: str, store_pat
     ckpt = Path(checkpoint)
     ckpt_file = ckpt / "model.pt" if ckpt.is_dir() else ckpt
     store_dir = Path(store_path) if "://" not in str(store_path) and Path(store_path).is_dir() else None
+    # a checkpoint folder (also the one around a given model.pt when it is a training checkpoint)
+    ckpt_dir = ckpt if ckpt.is_dir() else (ckpt.parent if (ckpt.parent / "COMMIT").exists() else None)
+    if out and same_file(out, ckpt_file):
+        raise OutputError(f"{out}: --out is the checkpoint {ckpt_file}; the results would replace it")
     for path, option in ((out, "--out"), (plots, "--plots")):
         if path and store_dir is not None and _inside(Path(path), store_dir):
             raise OutputError(f"{path}: {option} is inside the store {store_path}; write it elsewhere")
+        if path and ckpt_dir is not None and _inside(Path(path), ckpt_dir):
+            raise OutputError(f"{path}: {option} is inside the checkpoint folder {ckpt_dir}; write it elsewhere")
     if out:
-        if same_file(out, ckpt_file):
-            raise OutputError(f"{out}: --out is the checkpoint {ckpt_file}; the results would replace it")
         check_writable_file(out)
     if plots:
         check_writable_dir(plots)

@@ -8,6 +8,7 @@ the ignore index and the training config. Checkpoints, the best model, the MLflo
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,12 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict[
     path = Path(path)
     file = path / "model.pt" if path.is_dir() else path
     if not file.exists():
+        if file.is_symlink():
+            try:
+                os.stat(file)
+            except OSError as exc:
+                why = "symlink loop" if exc.errno == errno.ELOOP else f"dangling symlink to {os.readlink(file)!r}"
+                raise CheckpointError(f"{file}: {why}; expected a checkpoint folder or its model.pt") from None
         raise CheckpointError(f"{file}: checkpoint not found (expected a checkpoint folder or its model.pt)")
     try:
         bundle = torch.load(file, map_location=map_location, weights_only=True)

@@ -201,6 +201,13 @@ def test_evaluate_output_problems_before_the_model_is_loaded(phantom_store, junk
     saved = model_pt.read_bytes()
     err = _fails(_evaluate(ckpt, phantom_store, "--out", str(model_pt)), capsys)
     assert f"--out is the checkpoint {model_pt}" in err and model_pt.read_bytes() == saved
+    # ...or any other file of the checkpoint folder (a training checkpoint's train state, COMMIT, ...)
+    (ckpt / "train_state.pt").write_bytes(b"state")
+    for extra in (["--out", str(ckpt / "train_state.pt")], ["--plots", str(ckpt / "plots")]):
+        err = _fails(_evaluate(ckpt, phantom_store, *extra), capsys)
+        assert f"is inside the checkpoint folder {ckpt}" in err, (extra, err)
+    assert (ckpt / "train_state.pt").read_bytes() == b"state" and not (ckpt / "plots").exists()
+    (ckpt / "train_state.pt").unlink()
     assert afile.read_text() == "a file" and list(folder.iterdir()) == [] and _tree(phantom_store) == store_before
 
 
