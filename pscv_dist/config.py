@@ -167,9 +167,8 @@ class TrackingConfig:
 
     def __post_init__(self):
         _range("tracking.image_every", self.image_every, 0)
-        for key in ("experiment",):
-            if not getattr(self, key):
-                raise ConfigError(f"tracking.{key} must be a non-empty string")
+        if not self.experiment:
+            raise ConfigError("tracking.experiment must be a non-empty string")
 
 
 @dataclasses.dataclass

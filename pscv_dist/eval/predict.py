@@ -130,9 +130,3 @@ def predict_pairs(model: torch.nn.Module, meta: dict[str, Any], pairs: list[tupl
     outputs written."""
     return write_predictions(lambda image: segment(model, meta, image, device=device), pairs, progress)
 
-
-def predict_files(model: torch.nn.Module, meta: dict[str, Any], src: str | Path, dst: str | Path,
-                  device="cpu", progress: bool = True, overwrite: bool = False) -> list[Path]:
-    """Check everything (:func:`plan_predictions`), then predict every input volume; each output is
-    written atomically. Returns the outputs."""
-    return predict_pairs(model, meta, plan_predictions(src, dst, overwrite), device=device, progress=progress)
