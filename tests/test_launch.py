@@ -17,14 +17,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-
 def free_port() -> int:
     """A port nothing listens on now (fixed ports collide on a shared machine)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
+@pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from pscv_dist.data.prepare import PrepareConfig, prepare
     from pscv_dist.data.synthetic import write_phantoms
