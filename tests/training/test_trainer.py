@@ -209,14 +209,14 @@ def test_deepspeed_zero1_matches_ddp(store48, tmp_path):
 
 def test_deepspeed_bf16_validates_and_registers(store48, tmp_path):
     """DeepSpeed's bf16 mode casts the parameters to bfloat16 (BatchNorm statistics stay float32).
-    Validation and the registered model must still be fed what they expect: a 2-rank run with
+    Validation and the registered model must still be fed what they expect: a one-rank run with
     train.precision=bf16 on the CPU validates, saves float32 bundles, and registers a model that
     `pscv predict --model-uri` serves."""
     pytest.importorskip("deepspeed")
     out = tmp_path / "run"
     rc, stdout, err = finish(torchrun(overrides(store48, out, iterations=4, **{
         "train.engine": "deepspeed", "train.zero_stage": 1, "train.precision": "bf16", "train.val_every": 2,
-        "model.channels_last": "false", "tracking.register_model": "pscv-bf16"})))
+        "model.channels_last": "false", "tracking.register_model": "pscv-bf16"}), nproc=1))
     assert rc == 0, err[-3000:]
     assert "MLflow tracking unavailable" not in err
     summary = json.loads((out / "summary.json").read_text())
