@@ -27,6 +27,7 @@ from .checkpoint import read
 from .config import Config
 from .distributed import DistState, all_finite
 from .errors import CheckpointError, ConfigError
+from .eval.inference import input_dtype
 from .model.bundle import save_atomic
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class DeepSpeedEngine(Engine):
         return self.engine.module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine(x.to(next(self.engine.module.parameters()).dtype))
+        return self.engine(x.to(input_dtype(self.engine.module)))  # bf16 mode casts the module
 
     def no_sync(self, last_micro: bool):
         return contextlib.nullcontext()

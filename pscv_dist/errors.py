@@ -79,11 +79,16 @@ _OS_REASONS = {
 }
 
 
+def os_reason(exc: OSError) -> str:
+    """An operating-system error in the user's words ("symlink loop", "read-only file system")."""
+    return _OS_REASONS.get(exc.errno, exc.strerror or str(exc))
+
+
 def describe(exc: BaseException) -> str:
     """The one-line message of a user-facing error."""
     if isinstance(exc, OSError) and not isinstance(exc, PscvError) and exc.errno in _OS_REASONS:
         where = exc.filename if exc.filename is not None else ""
-        reason = _OS_REASONS[exc.errno]
+        reason = os_reason(exc)
         if exc.filename2:
             where = f"{where} -> {exc.filename2}"
         return f"{where}: {reason}" if where else f"{reason} ({exc})"

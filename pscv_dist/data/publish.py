@@ -42,7 +42,7 @@ from typing import Any
 
 from . import format as fmt
 from .integrity import filesystem
-from ..errors import OutputError
+from ..errors import OutputError, os_reason
 
 log = logging.getLogger(__name__)
 LOCAL_PROTOCOLS = ("file", "local")
@@ -77,7 +77,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise OutputError(f"{self.path.parent}: cannot create the lock file for {self.what} "
-                                  f"({_reason(exc)})") from None
+                                  f"({os_reason(exc)})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -316,12 +316,8 @@ def _ensure_folder(parent: Path, out: str) -> None:
         blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
         raise OutputError(f"{blocker}: is a file, not a folder; cannot write the output {out} under it") from None
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot create the output's folder ({_reason(exc)})") from None
+        raise OutputError(f"{parent}: cannot create the output's folder ({os_reason(exc)})") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: the output's folder is not writable (read-only or permission denied); "
                           f"cannot write {out}")
 
-
-def _reason(exc: OSError) -> str:
-    return {errno.EROFS: "read-only file system", errno.EACCES: "permission denied (read-only?)",
-            errno.ENOSPC: "no space left on the device"}.get(exc.errno, exc.strerror or str(exc))
