@@ -4,13 +4,25 @@ METHOD.md's protocol, per sample: with p = ``p_rot90_flip`` a rotation by k·90�
 horizontal flip; otherwise with p = ``p_rotate`` a rotation by an angle in [-max_angle, max_angle].
 Each sample's transform is ONE affine matrix in pixel coordinates (x, y, pixel centres at integers)
 about the slice centre, applied to the image (bilinear), the label (nearest) and the click
-coordinates (exactly, then rounded). rot90 and flips map pixel centres onto pixel centres, so they
-are exact. A rotation that would push a click out of the slice or merge two clicks into one pixel
-is not applied to that sample (it stays un-rotated), so no click is ever lost or duplicated.
+coordinates (exactly, then rounded).
+
+How each sample is applied (the result is the same geometry whatever runs it):
+
+- no transform, or a transform refused for the clicks (below): the sample is passed through, no
+  resampling;
+- rot90 and flips map pixel centres onto pixel centres: they are applied as an exact pixel
+  permutation (a gather), identical on every backend and free of interpolation error;
+- rotations by other angles go through the backend's warp: Kornia ``warp_affine`` (on the batch's
+  device) or NVIDIA DALI ``fn.warp_affine`` (a CPU pipeline when there is no GPU), with the same
+  matrices.
+
+Clicks: a transform that would push an annotated pixel out of the slice, or land pixels of two
+different classes on one pixel, is not applied to that sample (it stays un-rotated), so no click
+is ever lost and no pixel changes class. Annotated pixels of one class that land on one pixel merge
+(a rotated scribble is resampled like the image); single clicks, one per class, never merge.
 
 Parameters come from a generator seeded by (seed, step, rank): a resumed run augments exactly as
-the uninterrupted one. Backends: Kornia (``warp_affine``, on the training device) or NVIDIA DALI
-(``fn.warp_affine``; a CPU pipeline when there is no GPU) - same matrices, same geometry.
+the uninterrupted one, and a DataLoader worker draws what the main process would.
 """
 from __future__ import annotations
 
@@ -20,6 +32,8 @@ import numpy as np
 import torch
 
 from .config import AugmentConfig
+
+IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 
 
 def sample_matrices(b: int, size: int, cfg: AugmentConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,34 +60,88 @@ def sample_matrices(b: int, size: int, cfg: AugmentConfig, gen: torch.Generator)
 
 
 def move_clicks(points: torch.Tensor, mats: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transform every sample's clicks by its matrix. Returns the new (B, H, W) point maps and a
-    (B,) bool: False where a click would leave the slice or two clicks would share a pixel (that
-    sample must not be warped; its map is returned unchanged)."""
+    """Transform every sample's annotated pixels by its matrix, for the whole batch at once.
+
+    Returns the new (B, H, W) point maps and a (B,) bool: False where an annotated pixel would
+    leave the slice or pixels of two classes would land on one pixel (that sample must not be
+    warped; its map is returned unchanged)."""
     b, h, w = points.shape
-    out = torch.full_like(points, ignore_index)
-    ok = torch.ones(b, dtype=torch.bool)
-    for i in range(b):
-        ys, xs = torch.nonzero(points[i] != ignore_index, as_tuple=True)
-        cls = points[i, ys, xs]
-        m = mats[i].to(torch.float64).cpu()
-        xy = torch.stack([xs.double().cpu(), ys.double().cpu(), torch.ones(len(xs), dtype=torch.float64)])
-        nx, ny = (m @ xy).round().long()
-        inside = (nx >= 0) & (nx < w) & (ny >= 0) & (ny < h)
-        if not inside.all() or len(set(zip(nx.tolist(), ny.tolist()))) != len(xs):
-            ok[i] = False
-            out[i] = points[i]
-            continue
-        out[i, ny.to(points.device), nx.to(points.device)] = cls
-    return out, ok
+    bi_t, ys_t, xs_t = torch.nonzero(points != ignore_index, as_tuple=True)
+    cls_t = points[bi_t, ys_t, xs_t]
+    bi, ys, xs, cls = (t.cpu().numpy() for t in (bi_t, ys_t, xs_t, cls_t))
+    m = mats.detach().to(torch.float64).cpu().numpy()[bi]  # (P, 2, 3)
+    nx = np.rint(m[:, 0, 0] * xs + m[:, 0, 1] * ys + m[:, 0, 2]).astype(np.int64)
+    ny = np.rint(m[:, 1, 0] * xs + m[:, 1, 1] * ys + m[:, 1, 2]).astype(np.int64)
+    ok = np.ones(b, dtype=bool)
+    ok[bi[(nx < 0) | (nx >= w) | (ny < 0) | (ny >= h)]] = False
+    # pixels of different classes on one destination pixel: the sample is refused
+    key = (bi * h + np.clip(ny, 0, h - 1)) * w + np.clip(nx, 0, w - 1)
+    order = np.lexsort((cls, key))
+    k_sorted, c_sorted = key[order], cls[order]
+    clash = (k_sorted[1:] == k_sorted[:-1]) & (c_sorted[1:] != c_sorted[:-1])
+    ok[k_sorted[1:][clash] // (h * w)] = False
+    out = points.clone()
+    moving = ok[bi]
+    dev = points.device
+    out[torch.from_numpy(np.unique(bi[moving])).to(dev)] = ignore_index
+    sel = torch.from_numpy(moving).to(dev)
+    out[bi_t[sel], torch.from_numpy(ny[moving]).to(dev), torch.from_numpy(nx[moving]).to(dev)] = cls_t[sel]
+    return out, torch.from_numpy(ok)
+
+
+def _symmetry(a: tuple[int, int, int, int]):
+    """The torch op (rot90 count, flip first) equal to the integer matrix ``a`` (row-major 2x2)
+    applied about the slice centre: found once per matrix by comparing with the definition on a
+    3x4 grid (rotations about the centre do not depend on the slice size)."""
+    if a not in _SYMMETRIES:
+        g = torch.arange(9).view(1, 1, 3, 3)
+        m = torch.tensor([[a[0], a[1], 1.0 - a[0] - a[1]], [a[2], a[3], 1.0 - a[2] - a[3]]], dtype=torch.float64)
+        want = _permute(g, m)
+        for k in range(4):
+            for flip in (False, True):
+                if torch.equal(torch.rot90(g.flip(-1) if flip else g, k, (-2, -1)), want):
+                    _SYMMETRIES[a] = (k, flip)
+        if a not in _SYMMETRIES:
+            raise ValueError(f"matrix {a} is not a symmetry of the square")
+    return _SYMMETRIES[a]
+
+
+_SYMMETRIES: dict[tuple[int, int, int, int], tuple[int, bool]] = {}
+
+
+def _permute(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Definition of an exact warp of one (1, C, H, W) tensor: out(x', y') = x(A⁻¹((x', y') - t))."""
+    h, w = x.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    inv = m[:, :2].T
+    dx, dy = xx - m[0, 2], yy - m[1, 2]
+    sx = (inv[0, 0] * dx + inv[0, 1] * dy).round().long()
+    sy = (inv[1, 0] * dx + inv[1, 1] * dy).round().long()
+    return x[..., sy, sx]
+
+
+def exact_warp(image: torch.Tensor, label: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply matrices that map pixel centres onto pixel centres (rot90, flips, the identity)
+    exactly, as ``torch.rot90`` / ``flip`` (memory copies, no interpolation)."""
+    new_image, new_label = torch.empty_like(image), torch.empty_like(label)
+    keys = [tuple(int(v) for v in m[:, :2].round().flatten().tolist()) for m in mats]
+    for key in set(keys):
+        idx = torch.tensor([i for i, k in enumerate(keys) if k == key], device=image.device)
+        k, flip = _symmetry(key)
+        img, lab = image[idx], label[idx]
+        if flip:
+            img, lab = img.flip(-1), lab.flip(-1)
+        new_image[idx], new_label[idx] = torch.rot90(img, k, (-2, -1)), torch.rot90(lab, k, (-2, -1))
+    return new_image, new_label
 
 
 class Augmenter:
-    """Augments a batch dict (``image`` (B,1,S,S), ``label``, ``points`` (B,S,S), ``present``) in place
-    of the data loader, on the batch's device."""
+    """Augments a batch dict (``image`` (B,1,S,S), ``label``, ``points`` (B,S,S), ``present``) on
+    the batch's device: in the main process on a GPU, inside the DataLoader workers on CPU."""
 
     def __init__(self, cfg: AugmentConfig, ignore_index: int, seed: int):
         self.cfg, self.ignore_index, self.seed = cfg, ignore_index, seed
-        self._dali = None
+        self._dali: dict[tuple[int, bool], object] = {}
 
     def generator(self, step: int, rank: int) -> torch.Generator:
         state = int(np.random.SeedSequence([self.seed, step, rank, 0xA06]).generate_state(1)[0])
@@ -86,29 +154,40 @@ class Augmenter:
         b, _, h, w = image.shape
         if h != w:
             raise ValueError(f"augmentation needs square slices, got {h}x{w}")
-        mats, _ = sample_matrices(b, h, self.cfg, self.generator(step, rank))
+        mats, mode = sample_matrices(b, h, self.cfg, self.generator(step, rank))
         new_points, ok = move_clicks(points, mats, self.ignore_index)
-        mats[~ok] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)
-        if self.cfg.backend == "kornia":
-            new_image, new_label = self._kornia(image, label, mats)
-        else:
-            new_image, new_label = self._dali_warp(image, label, mats)
-        # every click is moved, none lost or merged (move_clicks), so ``present`` is unchanged
+        new_image, new_label = image.clone(), label.clone()
+        for which, warp in ((ok & (mode == 1), exact_warp), (ok & (mode == 2), self._warp)):
+            if which.any():
+                idx = torch.nonzero(which).flatten()
+                dev = idx.to(image.device)
+                new_image[dev], new_label[dev] = warp(image[dev], label[dev], mats[idx])
+        # every click is moved, none lost and no pixel changes class, so ``present`` is unchanged
         return {**batch, "image": new_image, "label": new_label, "points": new_points}
+
+    def _warp(self, image, label, mats):
+        return self._kornia(image, label, mats) if self.cfg.backend == "kornia" else self._dali_warp(image, label, mats)
 
     @staticmethod
     def _kornia(image, label, mats):
-        from kornia.geometry.transform import warp_affine
+        """Kornia's ``warp_affine`` (bilinear image, nearest label, zeros outside, pixel centres at
+        integers), with the sampling grid built once for both: Kornia's normalised homography, its
+        inverse, ``affine_grid`` and two ``grid_sample`` calls (what ``warp_affine`` does per call)."""
+        import torch.nn.functional as F
+        from kornia.geometry.conversions import convert_affinematrix_to_homography, normalize_homography
 
-        m = mats.to(image.device, torch.float32)
-        size = tuple(image.shape[-2:])
-        img = warp_affine(image.float(), m, size, mode="bilinear", padding_mode="zeros", align_corners=True)
-        lab = warp_affine(label[:, None].float(), m, size, mode="nearest", padding_mode="zeros", align_corners=True)
+        b, c, h, w = image.shape
+        m = convert_affinematrix_to_homography(mats.to(image.device, torch.float64))
+        src_from_dst = torch.linalg.inv(normalize_homography(m, (h, w), (h, w), align_corners=True))
+        grid = F.affine_grid(src_from_dst[:, :2].float(), [b, c, h, w], align_corners=True)
+        img = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        lab = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
         return img.to(image.dtype), lab[:, 0].round().to(label.dtype)
 
     def _dali_warp(self, image, label, mats):
         from .dali_warp import DaliWarp
 
-        if self._dali is None or self._dali.batch_size != image.shape[0]:
-            self._dali = DaliWarp(image.shape[0], gpu=image.is_cuda, device_id=image.device.index)
-        return self._dali(image, label, mats)
+        key = (image.shape[0], image.is_cuda)
+        if key not in self._dali:  # one pipeline per sub-batch size (at most the batch size of them)
+            self._dali[key] = DaliWarp(image.shape[0], gpu=image.is_cuda, device_id=image.device.index)
+        return self._dali[key](image, label, mats)

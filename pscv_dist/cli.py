@@ -136,6 +136,17 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .config import AugmentConfig
+    from .data.bench import bench_input
+
+    res = bench_input(args.store, workers=args.workers, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                      split=args.split, cache=args.cache, shuffle=args.shuffle,
+                      augment=AugmentConfig(backend=args.augment))
+    print(res.table())
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -219,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     p.add_argument("overrides", nargs="*", help="section.key=value applied to the base config")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("bench", help="measure this machine: `pscv bench input STORE` times the trainer's input path")
+    p.add_argument("what", choices=["input"])
+    p.add_argument("store")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (data.num_workers)")
+    p.add_argument("--batch", type=int, default=12, help="slices per step")
+    p.add_argument("--steps", type=int, default=100, help="timed steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--split", default="all")
+    p.add_argument("--cache", default="auto", choices=["auto", "memory", "shards", "none"])
+    p.add_argument("--shuffle", default="global", choices=["global", "window"])
+    p.add_argument("--augment", default="kornia", choices=["kornia", "dali", "none"])
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="phantoms -> store -> 2-rank training -> evaluation -> MLflow, on CPU")
     p.add_argument("--out", default="demo_out")

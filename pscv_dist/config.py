@@ -41,11 +41,19 @@ class DataConfig:
     batch_size: int = 12  # GLOBAL batch, split exactly across ranks
     num_workers: int = 2
     prefetch: int = 2
+    cache: str = "auto"  # auto | memory | shards | none: where training slices are read from (data/cache.py)
+    cache_gb: float = 8.0  # auto: hold the split in memory up to this size (per rank), else stream shards
+    shuffle: str = "global"  # global | window: the sample order (data/stream.py); window streams shards
+    shuffle_window: int = 16  # shards per shuffle window (and decoded shards kept by cache=shards)
 
     def __post_init__(self):
         _range("data.batch_size", self.batch_size, 1)
         _range("data.num_workers", self.num_workers, 0)
         _range("data.prefetch", self.prefetch, 1)
+        _choice("data.cache", self.cache, ("auto", "memory", "shards", "none"))
+        _range("data.cache_gb", self.cache_gb, 0)
+        _choice("data.shuffle", self.shuffle, ("global", "window"))
+        _range("data.shuffle_window", self.shuffle_window, 1)
 
 
 @dataclasses.dataclass

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
 
-from .augment import Augmenter
 from .checkpoint import CheckpointManager
 from .config import Config
 from .data import SliceStore
-from .data.stream import SliceDataset, StepBatchSampler, collate, local_batch_size
+from .data.pipeline import InputPipeline
+from .data.stream import local_batch_size
 from .distributed import DistState, all_finite, all_reduce_mean
 from .engine import build_engine
 from .errors import ConfigError, NonFiniteLoss, PscvError, unwrap_worker_error
@@ -92,7 +91,6 @@ class Trainer:
         torch.manual_seed(cfg.train.seed * 1000 + state.rank)
         self.objective = build_objective(cfg.loss, self.store.num_classes, self.store.ignore_index,
                                          seed=cfg.train.seed, compile=cfg.model.compile)
-        self.augment = Augmenter(cfg.augment, self.store.ignore_index, cfg.train.seed)
         self.out.mkdir(parents=True, exist_ok=True)  # only now: a refused engine / objective leaves nothing
         self.step, self.n_val, self.best = 0, 0, {"dsc": None, "step": None}
         self.checkpoints = CheckpointManager(self.out / "checkpoints", state, cfg.train.keep_last)
@@ -122,20 +120,12 @@ class Trainer:
 
     # --- data -------------------------------------------------------------------------------------
     def batches(self):
+        """This rank's augmented device batches from the current step on (:mod:`.data.pipeline`)."""
         accum = self.cfg.train.grad_accum
-        sampler = StepBatchSampler(self.train_items, self.cfg.data.batch_size, self.state.rank,
-                                   self.state.world_size, self.cfg.train.seed, start_step=self.step * accum)
-        workers = self.cfg.data.num_workers
-        # its own generator: creating the iterator must not draw from the global RNG (dropout's
-        # stream), or a resumed run would diverge from the uninterrupted one
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + self.state.rank)
-        loader = DataLoader(SliceDataset(self.cfg.data.store), batch_sampler=sampler, collate_fn=collate, generator=gen,
-                            num_workers=workers, prefetch_factor=self.cfg.data.prefetch if workers else None,
-                            pin_memory=self.state.device.type == "cuda", persistent_workers=False)
-        return iter(loader)
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.state.device, non_blocking=True) for k, v in batch.items()}
+        return iter(InputPipeline(self.store, self.train_items, self.cfg.data, self.cfg.augment,
+                                  seed=self.cfg.train.seed, rank=self.state.rank, world=self.state.world_size,
+                                  device=self.state.device, start_step=self.step * accum,
+                                  progress=self.cfg.train.progress and self.state.is_main))
 
     # --- loop -------------------------------------------------------------------------------------
     def train_step(self, it) -> dict[str, float]:
@@ -143,7 +133,7 @@ class Trainer:
         self.objective.start_step(self.step)  # the objective's own schedule (the λ_cv warm-up)
         for micro in range(accum):
             stream_step = self.step * accum + micro
-            batch = self.augment(self._to_device(next_batch(it)), stream_step, self.state.rank)
+            batch = next_batch(it)
             image = batch["image"]
             if self.cfg.model.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)

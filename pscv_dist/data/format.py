@@ -1,4 +1,4 @@
-"""The pscv store format, version 2: the ONE place that says what a store holds, where, and how.
+"""The pscv store format, version 3: the ONE place that says what a store holds, where, and how.
 
 Every writer (:mod:`.prepare`) and reader (:mod:`.store`) goes through the names, the array table
 (:class:`ArraySpec`) and the metadata classes here; ``docs/STORE.md`` describes the same format in
@@ -8,26 +8,29 @@ prose. A store is a Zarr v3 group::
                                     store exists only once it is complete)
     <store>/slices/image            (N, S, S) float32  training slices, bilinear-resized to S x S
     <store>/slices/label            (N, S, S) uint8    dense labels, nearest-resized
-    <store>/slices/clicks           (N, M, 3) int16    the clicked pixels (class, y, x), M = K x
-                                                       points-per-class, unused rows -1; the point-label
-                                                       map is built from them by :func:`points_map`
+    <store>/slices/clicks           (P, 4) int32       every annotated training pixel as
+                                                       (slice, class, y, x), sorted by slice: any
+                                                       number per slice (clicks or scribbles); the
+                                                       point-label maps come from :func:`points_maps`
     <store>/slices/case_index       (N,) int32         index into StoreMeta.cases
     <store>/slices/z                (N,) int32         slice position in its native volume
-    <store>/slices/present          (N, K) bool        classes present (= classes with a point)
+    <store>/slices/present          (N, K) bool        classes annotated in the slice
     <store>/volumes/<case>/image    (Z, H, W) float32  native-resolution, normalised image
     <store>/volumes/<case>/label    (Z, H, W) uint8    native-resolution dense label
 
-Why this layout: a training step reads random slices, so slice arrays have one slice per chunk
-(one decode per read) and ``SHARD_SLICES`` slices per shard file (few files); a volume is one
-shard of one-slice chunks (two files per case). Every chunk is compressed with blosc-zstd and then
-carries a CRC-32C (Zarr's ``crc32c`` codec), so a garbled chunk fails when decoded instead of
-reading as other numbers; every file of the store is also listed with its size and SHA-256 in the
-root metadata (``checksums``), so a missing file is found by a listing when the store is opened and
-a changed one by ``pscv inspect --verify``. Chunks equal to the fill value are written too
-(``write_empty_chunks``): the set of files is then a function of the shapes alone.
+Why this layout: training reads slices in whole shards (:mod:`.cache`), evaluation reads whole
+volumes. Slice arrays have one slice per chunk and ``SHARD_SLICES`` slices per shard file; a volume
+is one shard of one-slice chunks (two files per case). Training images are stored uncompressed
+(normalised floats barely compress, and decoding them dominated the read); every other chunk is
+blosc-zstd compressed. Every chunk carries a CRC-32C (Zarr's ``crc32c`` codec), so a garbled chunk
+fails when decoded instead of reading as other numbers; every file of the store is also listed with
+its size and SHA-256 in the root metadata (``checksums``), so a missing file is found by a listing
+when the store is opened and a changed one by ``pscv inspect --verify``. Chunks equal to the fill
+value are written too (``write_empty_chunks``): the set of files is then a function of the shapes
+alone.
 
-Version 1 stores (no CRC, no checksums, one file per volume slice) are refused: re-run
-``pscv prepare``.
+Older stores (version 1: no CRC; version 2: a fixed number of click rows per slice, compressed
+training images) are refused with the `pscv prepare` command that converts them again.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ import numpy as np
 from ..errors import DataError, StoreError
 
 FORMAT_NAME = "pscv_store"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+CLICK_CHUNK_ROWS = 1 << 20
 SHARD_SLICES = 64
 ROOT_METADATA = "zarr.json"
 
@@ -58,11 +62,13 @@ VOLUME_KINDS = ("image", "label")
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-def codecs() -> list:
-    """The bytes-to-bytes codecs of every chunk: blosc zstd (byte-shuffled), then a CRC-32C."""
+def codecs(compress: bool = True) -> list:
+    """The bytes-to-bytes codecs of a chunk: blosc zstd (byte-shuffled) when ``compress``, then a
+    CRC-32C. Training images are stored uncompressed: normalised float images shrink by only ~28%
+    under zstd, and decoding them tripled the cost of reading a shard (docs/STORE.md)."""
     from zarr.codecs import BloscCodec, Crc32cCodec
 
-    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+    return ([BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")] if compress else []) + [Crc32cCodec()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +81,12 @@ class ArraySpec:
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None = None
     fill_value: int | float = 0
+    compress: bool = True
 
     def create(self, group, data: np.ndarray | None = None):
         """Create the array in ``group`` (and write ``data`` when given)."""
         arr = group.create_array(self.path, shape=self.shape, dtype=self.dtype, chunks=self.chunks,
-                                 shards=self.shards, compressors=codecs(), fill_value=self.fill_value,
+                                 shards=self.shards, compressors=codecs(self.compress), fill_value=self.fill_value,
                                  config={"write_empty_chunks": True})
         if data is not None:
             if data.shape != self.shape:
@@ -108,13 +115,14 @@ class ArraySpec:
                              f"re-run `pscv prepare`")
 
 
-def slice_specs(n: int, size: int, k: int, rows: int) -> dict[str, ArraySpec]:
-    """The six slice arrays of a store with ``n`` slices of ``size``², ``k`` classes, ``rows`` clicks."""
+def slice_specs(n: int, size: int, k: int, n_clicks: int) -> dict[str, ArraySpec]:
+    """The six slice arrays of a store with ``n`` slices of ``size``², ``k`` classes and
+    ``n_clicks`` annotated training pixels."""
     s, one = size, max(n, 1)
     return {spec.path: spec for spec in (
-        ArraySpec(SLICE_IMAGE, "float32", (n, s, s), (1, s, s), (SHARD_SLICES, s, s)),
+        ArraySpec(SLICE_IMAGE, "float32", (n, s, s), (1, s, s), (SHARD_SLICES, s, s), compress=False),
         ArraySpec(SLICE_LABEL, "uint8", (n, s, s), (1, s, s), (SHARD_SLICES, s, s)),
-        ArraySpec(SLICE_CLICKS, "int16", (n, rows, 3), (one, rows, 3), fill_value=-1),
+        ArraySpec(SLICE_CLICKS, "int32", (n_clicks, 4), (max(1, min(n_clicks, CLICK_CHUNK_ROWS)), 4)),
         ArraySpec(SLICE_CASE, "int32", (n,), (one,)),
         ArraySpec(SLICE_Z, "int32", (n,), (one,)),
         ArraySpec(SLICE_PRESENT, "bool", (n, k), (one, k), fill_value=False),
@@ -154,22 +162,32 @@ def check_case_id(case: str) -> str:
     return case
 
 
-def clicks_from_map(points, ignore_index: int, rows: int):
-    """(H, W) point-label map -> (rows, 3) int16 array of (class, y, x), padded with -1."""
-    ys, xs = np.nonzero(points != ignore_index)
-    if len(ys) > rows:
-        raise ValueError(f"{len(ys)} clicks do not fit {rows} rows")
-    out = np.full((rows, 3), -1, dtype=np.int16)
-    out[: len(ys)] = np.stack([points[ys, xs], ys, xs], axis=1)
+def clicks_table(points: np.ndarray, first_slice: int, ignore_index: int) -> np.ndarray:
+    """(Z, S, S) point-label maps of consecutive slices -> (P, 4) int32 rows (slice, class, y, x),
+    sorted by slice then pixel: the layout of ``slices/clicks``."""
+    zs, ys, xs = np.nonzero(points != ignore_index)
+    return np.stack([zs + first_slice, points[zs, ys, xs], ys, xs], axis=1).astype(np.int32).reshape(-1, 4)
+
+
+def click_offsets(clicks: np.ndarray, n: int) -> np.ndarray:
+    """(n + 1,) offsets: the rows of slice i are ``clicks[offsets[i]:offsets[i + 1]]``."""
+    return np.searchsorted(clicks[:, 0], np.arange(n + 1), side="left")
+
+
+def points_maps(clicks: np.ndarray, offsets: np.ndarray, indices, size: int, ignore_index: int,
+                dtype=np.uint8) -> np.ndarray:
+    """The (B, S, S) point-label maps of slices ``indices``: ``ignore_index`` except at their
+    annotated pixels (METHOD.md: the pCE target). One vectorised gather for the whole batch."""
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.full((len(indices), size, size), ignore_index, dtype=dtype)
+    starts, stops = offsets[indices], offsets[indices + 1]
+    counts = stops - starts
+    if counts.sum():
+        rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        which = np.repeat(np.arange(len(indices)), counts)
+        c = clicks[rows]
+        out[which, c[:, 2], c[:, 3]] = c[:, 1]
     return out
-
-
-def points_map(clicks, shape: tuple[int, int], ignore_index: int):
-    """(M, 3) clicks -> (H, W) int64 point-label map: ``ignore_index`` except at the clicks."""
-    points = np.full(shape, ignore_index, dtype=np.int64)
-    used = clicks[clicks[:, 0] >= 0]
-    points[used[:, 1], used[:, 2]] = used[:, 0]
-    return points
 
 
 @dataclasses.dataclass
@@ -195,23 +213,19 @@ class StoreMeta:
     layout: str
     source: str
     normalization: dict[str, Any]  # how native images were normalised (reused at prediction)
-    points: dict[str, Any]  # {"seed", "per_class", "include_background"}
+    points: dict[str, Any]  # {"seed", "per_class", "include_background"}: how clicks were simulated
     cases: dict[str, CaseMeta]
     splits: dict[str, list[str]]
     fingerprint: dict[str, Any]
     n_slices: int
+    n_clicks: int  # rows of slices/clicks
     checksums: dict[str, list]  # every file but the root metadata: relative path -> [size, sha256]
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
 
-    @property
-    def rows(self) -> int:
-        """Click rows per slice (K x points per class)."""
-        return len(self.classes) * int(self.points.get("per_class", 1))
-
     def array_specs(self) -> dict[str, ArraySpec]:
         """Every array the metadata implies: the slice arrays and both volumes of every case."""
-        specs = slice_specs(self.n_slices, self.size, len(self.classes), self.rows)
+        specs = slice_specs(self.n_slices, self.size, len(self.classes), self.n_clicks)
         for case, meta in self.cases.items():
             specs.update({s.path: s for s in volume_specs(case, meta.shape).values()})
         return specs
@@ -226,13 +240,17 @@ class StoreMeta:
             found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
             raise StoreError(f"{where}: not a pscv store (root attribute format={found!r})")
         if raw.get("version") != FORMAT_VERSION:
+            src, layout = raw.get("source"), raw.get("layout")
+            size = f" --size {raw['size']}" if _is_int(raw.get("size")) else ""
+            how = (f"`pscv prepare {src} {where} --layout {layout}{size} --overwrite`" if isinstance(src, str)
+                   and isinstance(layout, str) else "`pscv prepare SRC OUT --overwrite` from its source")
             raise StoreError(
                 f"{where}: store format version {raw.get('version')} is not supported "
-                f"(this pscv-dist reads version {FORMAT_VERSION}); re-run `pscv prepare`"
+                f"(this pscv-dist reads version {FORMAT_VERSION}); convert it again with {how}"
             )
         types = {"classes": list, "ignore_index": int, "size": int, "layout": str, "source": str,
                  "normalization": dict, "points": dict, "cases": dict, "splits": dict, "fingerprint": dict,
-                 "n_slices": int, "checksums": dict}
+                 "n_slices": int, "n_clicks": int, "checksums": dict}
         for name, kind in types.items():
             _expect(raw, name, kind, where)
         if len(raw["classes"]) < 2 or not all(isinstance(c, str) for c in raw["classes"]):

@@ -123,7 +123,7 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     s_points = volume_points(s_label, source.case, k, points_cfg)
     present = np.stack([np.bincount(p[p < k], minlength=k) > 0 for p in s_points.reshape(z, -1)])
     part = Path(staging) / "_parts" / f"{source.case}.npz"
-    clicks = np.stack([fmt.clicks_from_map(p, k, k * cfg.per_class) for p in s_points])
+    clicks = fmt.clicks_table(s_points, 0, k)  # slice column relative to the case; shifted at assembly
     np.savez(part, image=s_image, label=s_label, clicks=clicks, present=present)
 
     # seeded by (seed, case id): stable per case, independent of its shape and of the other cases
@@ -179,22 +179,22 @@ def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str
 
 
 def _assemble_slices(group, staging: Path, order: list[str], results: dict[str, CaseResult], k: int,
-                     size: int, per_class: int) -> int:
+                     size: int) -> tuple[int, int]:
     """Concatenate the per-case parts into the sharded slice arrays, one shard buffer at a time."""
     n = sum(results[c].n_slices for c in order)
     shard = fmt.SHARD_SLICES
-    specs = fmt.slice_specs(n, size, k, k * per_class)
+    specs = fmt.slice_specs(n, size, k, 0)
     dense = (fmt.SLICE_IMAGE, fmt.SLICE_LABEL)
     arrays = {name: specs[name].create(group) for name in dense}
     buffers = {name: np.zeros((shard, size, size), dtype=specs[name].dtype) for name in dense}
-    clicks = np.full(specs[fmt.SLICE_CLICKS].shape, -1, dtype=np.int16)
+    clicks = []
     case_index, zs, present = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, k), bool)
     pos = fill = 0
     for ci, case in enumerate(order):
         with np.load(staging / "_parts" / f"{case}.npz") as part:
             data = {fmt.SLICE_IMAGE: part["image"], fmt.SLICE_LABEL: part["label"]}
             present[pos:pos + len(part["present"])] = part["present"]
-            clicks[pos:pos + len(part["clicks"])] = part["clicks"]
+            clicks.append(part["clicks"] + np.array([pos, 0, 0, 0], dtype=np.int32))
         count = len(data[fmt.SLICE_IMAGE])
         case_index[pos:pos + count], zs[pos:pos + count] = ci, np.arange(count)
         done = 0
@@ -212,10 +212,12 @@ def _assemble_slices(group, staging: Path, order: list[str], results: dict[str, 
     if fill:
         for name in dense:
             arrays[name][pos - fill:pos] = buffers[name][:fill]
+    table = np.concatenate(clicks).astype(np.int32).reshape(-1, 4)
+    specs[fmt.SLICE_CLICKS] = fmt.slice_specs(n, size, k, len(table))[fmt.SLICE_CLICKS]
     for name, values in ((fmt.SLICE_CASE, case_index), (fmt.SLICE_Z, zs), (fmt.SLICE_PRESENT, present),
-                         (fmt.SLICE_CLICKS, clicks)):
+                         (fmt.SLICE_CLICKS, table)):
         specs[name].create(group, values)
-    return n
+    return n, len(table)
 
 
 def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
@@ -242,9 +244,9 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
             order = [s.case for s in sources if s.case in results]
             if not order:
                 raise DataError(f"{cfg.src}: every selected case was empty and skipped (--skip-empty); nothing to write")
-            n = _assemble_slices(group, staging, order, results, len(classes), cfg.size, cfg.per_class)
+            n, n_clicks = _assemble_slices(group, staging, order, results, len(classes), cfg.size)
             shutil.rmtree(staging / "_parts")
-            meta = _store_meta(cfg, layout, classes, normalization, order, results, n, staging)
+            meta = _store_meta(cfg, layout, classes, normalization, order, results, n, n_clicks, staging)
             group.attrs[fmt.FORMAT_NAME] = meta.to_json()  # written last: the store is now complete
             target.publish()
         except BaseException:
@@ -257,7 +259,7 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
     return str(cfg.out)
 
 
-def _store_meta(cfg, layout, classes, normalization, order, results, n, staging) -> fmt.StoreMeta:
+def _store_meta(cfg, layout, classes, normalization, order, results, n, n_clicks, staging) -> fmt.StoreMeta:
     cases, first = {}, 0
     for c in order:
         r = results[c]
@@ -270,7 +272,7 @@ def _store_meta(cfg, layout, classes, normalization, order, results, n, staging)
         normalization={"mode": normalization}, cases=cases,
         points={"seed": cfg.seed, "per_class": cfg.per_class, "include_background": cfg.include_background},
         splits=make_splits({c: results[c].patient for c in order}, layout.splits, cfg.folds),
-        fingerprint=fingerprint([results[c] for c in order], classes), n_slices=n,
+        fingerprint=fingerprint([results[c] for c in order], classes), n_slices=n, n_clicks=n_clicks,
         checksums=manifest(fs, root),
     )
     check_complete(meta, listing(fs, root), str(cfg.out))  # the writer's own layout, checked as a reader would

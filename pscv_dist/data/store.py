@@ -66,10 +66,12 @@ class SliceStore:
         check_complete(self.meta, listing(self._fs, self._root), self.path)
         self._arrays = {name: self._open(name) for name in fmt.SLICE_ARRAYS}
         self._clicks = self._read(fmt.SLICE_CLICKS, ...)
+        self._offsets = fmt.click_offsets(self._clicks, self.meta.n_slices)
         self._case_index = self._read(fmt.SLICE_CASE, ...)
         self._z = self._read(fmt.SLICE_Z, ...)
         self._present = self._read(fmt.SLICE_PRESENT, ...)
         self._check_slice_index()
+        self._check_clicks()
 
     # --- checked access -----------------------------------------------------------------------
     def _open(self, name: str):
@@ -92,6 +94,25 @@ class SliceStore:
         except Exception as exc:
             raise StoreError(f"{self.path}: {name}{what}: chunk could not be decoded ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:160]}); the store is damaged, re-run `pscv prepare`") from None
+
+    def _check_clicks(self) -> None:
+        """slices/clicks must be sorted by slice, inside the slices, of known classes, and agree
+        with slices/present (a class is present exactly where it has an annotated pixel)."""
+        c, n, k, s = self._clicks, len(self), self.num_classes, self.size
+        bad = None
+        if len(c) and (np.any(np.diff(c[:, 0]) < 0) or c[:, 0].min() < 0 or c[:, 0].max() >= n):
+            bad = "rows are not sorted by a slice index inside the store"
+        elif len(c) and (c[:, 1].min() < 0 or c[:, 1].max() >= k):
+            bad = f"a class outside 0..{k - 1}"
+        elif len(c) and (c[:, 2:].min() < 0 or c[:, 2:].max() >= s):
+            bad = f"a pixel outside the {s}x{s} slices"
+        else:
+            present = np.zeros((n, k), dtype=bool)
+            present[c[:, 0], c[:, 1]] = True
+            if not np.array_equal(present, self._present):
+                bad = f"disagrees with {fmt.SLICE_PRESENT}"
+        if bad:
+            raise StoreError(f"{self.path}: {fmt.SLICE_CLICKS}: {bad}; the store is damaged, re-run `pscv prepare`")
 
     def _check_slice_index(self) -> None:
         """slices/case_index and slices/z must say what the case metadata says."""
@@ -147,8 +168,21 @@ class SliceStore:
 
     @property
     def clicks(self) -> np.ndarray:
-        """(N, M, 3) int16: every slice's clicked pixels as (class, y, x), padding rows -1."""
+        """(P, 4) int32: every annotated training pixel as (slice, class, y, x), sorted by slice."""
         return self._clicks
+
+    def points(self, indices) -> np.ndarray:
+        """(B, S, S) uint8 point-label maps of the given slices (``ignore_index`` but at the clicks)."""
+        return fmt.points_maps(self._clicks, self._offsets, indices, self.size, self.ignore_index)
+
+    def read_slices(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images (float32) and labels (uint8) of slices ``start..stop-1`` in one read per array:
+        the unit the training input reads in (whole shards, :mod:`.cache`)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"slices {start}..{stop - 1} out of range for a store of {len(self)} slices")
+        where = f" (slices {start}..{stop - 1})"
+        return (self._read(fmt.SLICE_IMAGE, slice(start, stop), what=where),
+                self._read(fmt.SLICE_LABEL, slice(start, stop), what=where))
 
     @property
     def present(self) -> np.ndarray:
@@ -169,7 +203,7 @@ class SliceStore:
         return {
             "image": torch.from_numpy(self._read(fmt.SLICE_IMAGE, i, what=where))[None],
             "label": torch.from_numpy(self._read(fmt.SLICE_LABEL, i, what=where).astype(np.int64)),
-            "points": torch.from_numpy(fmt.points_map(self._clicks[i], (self.size, self.size), self.ignore_index)),
+            "points": torch.from_numpy(self.points([i])[0].astype(np.int64)),
             "present": torch.from_numpy(self._present[i].copy()),
             "case": case,
             "z": int(self._z[i]),

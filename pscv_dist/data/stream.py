@@ -1,25 +1,28 @@
 """The training sample stream: infinite, seeded, shared by all ranks, sliced by rank.
 
 Epoch e is a permutation of the training slices drawn from (seed, e); the global stream is the
-concatenation of the epochs; step s takes the next ``global_batch`` items of it and rank r the
+concatenation of the epochs. Two orders: ``global`` (a uniform permutation of the whole split) and
+``window`` (the split's shards in a random order, cut into windows of ``window`` shards, each window
+shuffled: streaming reads each shard about once per epoch, for stores larger than memory). Either
+way step s takes the next ``global_batch`` items of it and rank r the
 r-th contiguous block of ``global_batch / world`` of those. Everything is a function of the step,
 so resuming at step s needs no state but s (detectron2/composer style), and a run on W ranks sees
 exactly the global batches of a one-process run.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
-from .store import SliceStore
+from . import format as fmt
+from ..errors import ConfigError
 
 
 def local_batch_size(global_batch: int, world: int) -> int:
     if global_batch % world:
-        raise ValueError(f"data.batch_size={global_batch} cannot be split exactly over {world} ranks; "
+        raise ConfigError(f"data.batch_size={global_batch} cannot be split exactly over {world} ranks; "
                          f"use a multiple of {world}")
     return global_batch // world
 
@@ -28,9 +31,12 @@ class StepBatchSampler(Sampler[list[int]]):
     """Yields, for steps ``start_step, start_step+1, ...``, this rank's indices into ``items``."""
 
     def __init__(self, items: np.ndarray, global_batch: int, rank: int, world: int, seed: int,
-                 start_step: int = 0, steps: int | None = None):
+                 start_step: int = 0, steps: int | None = None, order: str = "global", window: int = 16):
         if len(items) == 0:
-            raise ValueError("the training split has no slices")
+            raise ConfigError("the training split has no slices")
+        if order not in ("global", "window"):
+            raise ConfigError(f"data.shuffle must be 'global' or 'window', got {order!r}")
+        self.order, self.window = order, max(1, int(window))
         self.items, self.global_batch = np.asarray(items), global_batch
         self.local = local_batch_size(global_batch, world)
         self.rank, self.seed, self.start_step, self.steps = rank, seed, start_step, steps
@@ -38,7 +44,16 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.items))}
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.order == "global":
+                perm = rng.permutation(len(self.items))
+            else:
+                shard = self.items // fmt.SHARD_SLICES
+                ids = rng.permutation(np.unique(shard))
+                pos = {int(k): np.flatnonzero(shard == k) for k in ids}
+                perm = np.concatenate([rng.permutation(np.concatenate([pos[int(k)] for k in ids[w:w + self.window]]))
+                                       for w in range(0, len(ids), self.window)])
+            self._perm_cache = {epoch: perm}
         return self._perm_cache[epoch]
 
     def global_batch_at(self, step: int) -> np.ndarray:
@@ -64,30 +79,3 @@ class StepBatchSampler(Sampler[list[int]]):
         if self.steps is None:
             raise TypeError("an infinite stream has no length")
         return self.steps
-
-
-class SliceDataset(Dataset):
-    """Map-style view of a store for the DataLoader (opens the store lazily in each worker)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._store: SliceStore | None = None
-
-    def store(self) -> SliceStore:
-        if self._store is None:
-            self._store = SliceStore(self.path)
-        return self._store
-
-    def __len__(self) -> int:
-        return len(self.store())
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.store()[i]
-        return {"image": item["image"], "label": item["label"], "points": item["points"], "present": item["present"]}
-
-    def __getstate__(self):
-        return {"path": self.path, "_store": None}
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -38,3 +38,32 @@ def test_batch_not_divisible_by_world():
 def test_empty_split():
     with pytest.raises(ValueError, match="no slices"):
         StepBatchSampler(np.array([], dtype=int), 4, 0, 1, 0)
+
+
+def test_window_order_is_a_permutation_that_stays_inside_its_windows():
+    from pscv_dist.data.format import SHARD_SLICES
+
+    items = np.concatenate([np.arange(0, 150), np.arange(200, 420)])  # 370 items over 7 shards
+    s = StepBatchSampler(items, 10, 0, 1, seed=2, order="window", window=2)
+    for epoch in (0, 1):
+        perm = items[s._perm(epoch)]
+        assert sorted(perm.tolist()) == items.tolist()
+        shards = perm // SHARD_SLICES
+        # consecutive runs of the order use at most `window` shards until every slice of them is used
+        seen, current = set(), set()
+        for sh in shards:
+            if sh not in current:
+                if len(current) == 2:
+                    seen |= current
+                    current = set()
+                assert sh not in seen, "a shard came back after its window was done"
+                current.add(sh)
+    assert not np.array_equal(s._perm(0), s._perm(1))
+
+
+def test_window_order_splits_the_global_batch_exactly_too():
+    items = np.arange(0, 300)
+    for world in (1, 2, 3):
+        parts = [StepBatchSampler(items, 12, r, world, seed=5, order="window", window=3).batch_at(9)
+                 for r in range(world)]
+        assert sum(parts, []) == StepBatchSampler(items, 12, 0, 1, seed=5, order="window", window=3).batch_at(9)

@@ -102,3 +102,43 @@ def test_dali_cpu_pipeline_matches_kornia():
         torch.testing.assert_close(d["image"], k["image"], atol=1e-4, rtol=0)
         # nearest-neighbour ties can round differently at exact half-pixel positions: allow a few pixels
         assert (d["label"] != k["label"]).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("size", [16, 17])
+def test_exact_warp_is_the_pixel_permutation_the_matrix_defines(size):
+    from pscv_dist.augment import _permute, exact_warp
+
+    mats, _ = sample_matrices(64, size, AugmentConfig(p_rot90_flip=1.0), torch.Generator().manual_seed(size))
+    img, lab = torch.rand(64, 1, size, size), torch.randint(0, K, (64, size, size), dtype=torch.uint8)
+    new_img, new_lab = exact_warp(img, lab, mats)
+    for i in range(64):  # the definition: out(x', y') = in(A^-1((x', y') - t)), index by index
+        assert torch.equal(new_img[i:i + 1], _permute(img[i:i + 1], mats[i]))
+        assert torch.equal(new_lab[i], _permute(lab[i][None, None], mats[i])[0, 0])
+
+
+def test_shared_grid_warp_equals_kornias_warp_affine():
+    from kornia.geometry.transform import warp_affine
+
+    mats, _ = sample_matrices(16, 48, AugmentConfig(p_rot90_flip=0, p_rotate=1.0, max_angle=40),
+                              torch.Generator().manual_seed(1))
+    img, lab = torch.rand(16, 1, 48, 48), torch.randint(0, K, (16, 48, 48))
+    new_img, new_lab = Augmenter._kornia(img, lab, mats)
+    m = mats.float()
+    ref_img = warp_affine(img, m, (48, 48), mode="bilinear", padding_mode="zeros", align_corners=True)
+    ref_lab = warp_affine(lab[:, None].float(), m, (48, 48), mode="nearest", padding_mode="zeros",
+                          align_corners=True)[:, 0].round().long()
+    torch.testing.assert_close(new_img, ref_img, atol=1e-4, rtol=0)
+    assert (new_lab != ref_lab).float().mean() < 1e-3  # nearest ties at exact half-pixels only
+
+
+def test_scribble_pixels_of_one_class_may_merge_two_classes_may_not():
+    s = 16
+    mats = torch.tensor([[[0.5, 0, 0], [0, 0.5, 0]]], dtype=torch.float64)  # a zoom by 1/2: neighbours merge
+    scribble = torch.full((1, s, s), K)
+    scribble[0, 4, 4:8] = 2  # class 2 at x = 4..7 -> x/2 = 2, 2.5, 3, 3.5 -> 2, 2, 3, 4 (half to even)
+    new, ok = move_clicks(scribble, mats, K)
+    assert ok[0] and sorted(torch.nonzero(new[0] == 2).tolist()) == [[2, 2], [2, 3], [2, 4]]
+    two = scribble.clone()
+    two[0, 5, 4] = 1  # class 1 right under a class-2 pixel: both land on (2, 2) -> refused
+    new, ok = move_clicks(two, mats, K)
+    assert not ok[0] and torch.equal(new, two)
