@@ -33,7 +33,8 @@ def _cmd_prepare(args) -> int:
                             include_background=not args.no_background_points,
                             classes=_csv(args.classes) if args.classes else None,
                             normalization=args.normalization, overwrite=args.overwrite,
-                            skip_empty=args.skip_empty)
+                            skip_empty=args.skip_empty, clicks=args.clicks, clicks_format=args.clicks_format,
+                            clicks_ignore=args.clicks_ignore, clicks_partial=args.clicks_partial)
         return prepare(cfg)
 
     if args.synthetic is not None:
@@ -45,6 +46,14 @@ def _cmd_prepare(args) -> int:
     else:
         out = run(args.src, args.layout)
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_clicks(args) -> int:
+    from .data.clicks import export_store_clicks
+
+    written = export_store_clicks(args.store, args.out, args.format, ignore=args.ignore)
+    print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
 
 
@@ -184,7 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-empty", action="store_true",
                    help="skip, with a warning, cases whose image is all zero or label all background "
                         "(default: refuse them)")
+    p.add_argument("--clicks", help="real annotations instead of simulated clicks: a folder of 3D Slicer "
+                                    "<case>.mrk.json, a folder of sparse NIfTI maps, a .csv file, or (h5-key) a key of "
+                                    "the source's HDF5 files, e.g. scribble")
+    p.add_argument("--clicks-format", choices=["slicer", "nifti", "csv", "h5-key"],
+                   help="format of --clicks (default: detected from it; h5-key must be given)")
+    p.add_argument("--clicks-ignore", type=int, help="'not annotated' value of sparse maps (nifti: 255, h5-key: K)")
+    p.add_argument("--clicks-partial", action="store_true",
+                   help="cases without annotations get simulated clicks from their dense label (default: refused)")
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("clicks", help="`pscv clicks export STORE OUT --format F`: a store's imported annotations")
+    p.add_argument("what", choices=["export"])
+    p.add_argument("store")
+    p.add_argument("out", help="folder (slicer, nifti) or .csv file / folder (csv); existing files are refused")
+    p.add_argument("--format", required=True, choices=["slicer", "csv", "nifti"])
+    p.add_argument("--ignore", type=int, default=255, help="'not annotated' value of exported NIfTI maps")
+    p.set_defaults(func=_cmd_clicks)
 
     p = sub.add_parser("inspect", help="print a store's summary")
     p.add_argument("store")

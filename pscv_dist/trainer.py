@@ -51,6 +51,22 @@ def next_batch(it):
         raise unwrap_worker_error(exc) from None
 
 
+def _check_labels(store: SliceStore, cfg: Config, val_cases: list[str]) -> None:
+    """Cases trained from imported clicks alone have no dense label: never validate on them, and
+    do not train a dense objective on them."""
+    unlabelled = [c for c in store.cases if not store.meta.cases[c].labelled]
+    if not unlabelled:
+        return
+    bad = [c for c in val_cases if c in set(unlabelled)]
+    if bad:
+        raise ConfigError(f"data.val_split={cfg.data.val_split!r} of {cfg.data.store} holds {len(bad)} case(s) without "
+                          f"a dense label (e.g. {bad[0]!r}); validate on labelled cases (the fold*/val splits are)")
+    train = set(store.split(cfg.data.train_split))
+    if cfg.loss.name == "fullsup" and train & set(unlabelled):
+        raise ConfigError(f"loss.name=fullsup needs dense labels, but data.train_split={cfg.data.train_split!r} holds "
+                          f"{len(train & set(unlabelled))} case(s) without one; use the 'labelled' split")
+
+
 class Trainer:
     """One training run: everything is checked before the run folder is created or a step is taken."""
 
@@ -72,6 +88,7 @@ class Trainer:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training split "
                               f"{cfg.data.train_split!r} of {cfg.data.store} ({len(self.train_items)} slices)")
         self.val_cases = self.store.split(cfg.data.val_split) if cfg.data.val_split else []
+        _check_labels(self.store, cfg, self.val_cases)
         if self.store.size % 2 ** cfg.model.depth:
             raise ConfigError(f"model.depth={cfg.model.depth} needs slices divisible by {2 ** cfg.model.depth}; "
                               f"the store {cfg.data.store} has {self.store.size}x{self.store.size}")

@@ -25,7 +25,9 @@ class CaseResult:
     sample: np.ndarray  # seeded sample of raw intensities (all voxels)
     sample_fg: np.ndarray  # the same, foreground voxels only
     voxels_per_class: np.ndarray  # (K,)
-    slices_per_class: np.ndarray  # (K,) training slices in which each class is present
+    slices_per_class: np.ndarray  # (K,) training slices in which each class is annotated
+    labelled: bool = True  # has a dense label
+    annotation: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "simulated"})
 
     @property
     def n_slices(self) -> int:
@@ -52,16 +54,26 @@ def patient_folds(case_patient: dict[str, str], cases: list[str], k: int) -> dic
     return splits
 
 
-def make_splits(case_patient: dict[str, str], explicit: dict[str, list[str]], folds: int) -> dict[str, list[str]]:
+def make_splits(case_patient: dict[str, str], explicit: dict[str, list[str]], folds: int,
+                unlabelled: set[str] = frozenset()) -> dict[str, list[str]]:
     """``all``, the layout's explicit lists (e.g. Synapse ``train``/``test``), and patient folds
     over the training cases (``train`` when the layout has one, else all cases).
 
     Explicit lists keep only the converted cases (a ``--cases`` subset or ``--skip-empty`` drops
-    some): a split must never name a case the store does not hold."""
+    some): a split must never name a case the store does not hold.
+
+    Cases without a dense label (trained from imported clicks alone) are never validated on: the
+    folds are cut over the labelled cases and every unlabelled case joins every ``fold{f}/train``;
+    ``labelled`` lists the cases that have a dense label when some have none."""
     cases = list(case_patient)
     splits = {"all": cases}
     splits.update({k: [c for c in v if c in case_patient] for k, v in explicit.items()})
-    splits.update(patient_folds(case_patient, splits.get("train") or cases, folds))
+    pool = splits.get("train") or cases
+    folds_ = patient_folds(case_patient, [c for c in pool if c not in unlabelled], folds)
+    extra = [c for c in pool if c in unlabelled]
+    splits.update({k: v + extra if k.endswith("/train") else v for k, v in folds_.items()})
+    if unlabelled:
+        splits["labelled"] = [c for c in cases if c not in unlabelled]
     return splits
 
 
@@ -84,6 +96,7 @@ def fingerprint(results: list[CaseResult], classes: list[str]) -> dict[str, Any]
     k = len(classes)
     voxels = np.sum([r.voxels_per_class for r in results], axis=0) if results else np.zeros(k)
     slices = np.sum([r.slices_per_class for r in results], axis=0) if results else np.zeros(k)
+    imported = [r.annotation for r in results if r.annotation.get("kind") == "imported"]
     return {
         "n_cases": len(results),
         "n_slices": int(sum(r.n_slices for r in results)),
@@ -97,6 +110,15 @@ def fingerprint(results: list[CaseResult], classes: list[str]) -> dict[str, Any]
         "intensity_foreground": _stats(np.concatenate([r.sample_fg for r in results])),
         "voxels_per_class": {c: int(v) for c, v in zip(classes, voxels)},
         "slices_per_class": {c: int(v) for c, v in zip(classes, slices)},
+        "annotations": {
+            "simulated_cases": len(results) - len(imported), "imported_cases": len(imported),
+            "unlabelled_cases": sum(not r.labelled for r in results),
+            "imported_voxels_per_class": {c: int(sum(a["per_class"][i] for a in imported))
+                                          for i, c in enumerate(classes)},
+            "imported_duplicates": int(sum(a["duplicates"] for a in imported)),
+            "imported_disagree_with_label": int(sum(a.get("disagree_with_label", 0) for a in imported)),
+            "resize_conflicts": int(sum(a["resize_conflicts"] for a in imported)),
+        },
         "sha256": digest.hexdigest(),
     }
 

@@ -56,14 +56,14 @@ class EmptyCase(DataError):
     or skipped with a warning under ``--skip-empty``."""
 
 
-def check_not_empty(source: CaseSource, image: np.ndarray, label: np.ndarray) -> None:
+def check_not_empty(source: CaseSource, image: np.ndarray, label: np.ndarray | None) -> None:
     """An all-zero image or an all-background label is almost always a broken export (an empty
     mask file, a failed conversion); training on it teaches nothing or teaches "background"."""
     img_file, lab_file = source.files[0], source.files[-1]
     if not np.any(image):
         raise EmptyCase(f"{img_file}: image of case {source.case!r} is all zero; expected some signal "
                         f"(fix or remove the case, or pass --skip-empty to skip such cases)")
-    if not np.any(label):
+    if label is not None and not np.any(label):
         raise EmptyCase(f"{lab_file}: label of case {source.case!r} is all background (no class to click); "
                         f"expected some foreground (fix or remove the case, or pass --skip-empty)")
 

@@ -16,7 +16,10 @@ prose. A store is a Zarr v3 group::
     <store>/slices/z                (N,) int32         slice position in its native volume
     <store>/slices/present          (N, K) bool        classes annotated in the slice
     <store>/volumes/<case>/image    (Z, H, W) float32  native-resolution, normalised image
-    <store>/volumes/<case>/label    (Z, H, W) uint8    native-resolution dense label
+    <store>/volumes/<case>/label    (Z, H, W) uint8    native-resolution dense label (all K when the
+                                                       case has none: ``CaseMeta.labelled``)
+    <store>/volumes/<case>/clicks   (n, 4) int32       imported annotations, native voxels (class, z,
+                                                       y, x): the annotation of record (imported only)
 
 Why this layout: training reads slices in whole shards (:mod:`.cache`), evaluation reads whole
 volumes. Slice arrays have one slice per chunk and ``SHARD_SLICES`` slices per shard file; a volume
@@ -56,7 +59,7 @@ SLICE_CASE = "slices/case_index"
 SLICE_Z = "slices/z"
 SLICE_PRESENT = "slices/present"
 SLICE_ARRAYS = (SLICE_IMAGE, SLICE_LABEL, SLICE_CLICKS, SLICE_CASE, SLICE_Z, SLICE_PRESENT)
-VOLUME_KINDS = ("image", "label")
+VOLUME_KINDS = ("image", "label", "clicks")
 
 # Case ids become folder names: keep them to a safe alphabet so none can escape the store.
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -129,17 +132,21 @@ def slice_specs(n: int, size: int, k: int, n_clicks: int) -> dict[str, ArraySpec
     )}
 
 
-def volume_specs(case: str, shape) -> dict[str, ArraySpec]:
-    """``{"image": spec, "label": spec}`` of one case of native shape (Z, H, W)."""
+def volume_specs(case: str, shape, n_clicks: int | None = None) -> dict[str, ArraySpec]:
+    """``{"image": spec, "label": spec}`` of one case of native shape (Z, H, W), and ``"clicks"``
+    when the case has ``n_clicks`` imported annotated voxels."""
     z, h, w = (int(v) for v in shape)
-    return {kind: ArraySpec(volume_path(case, kind), dtype, (z, h, w), (1, h, w), (z, h, w))
-            for kind, dtype in (("image", "float32"), ("label", "uint8"))}
+    specs = {kind: ArraySpec(volume_path(case, kind), dtype, (z, h, w), (1, h, w), (z, h, w))
+             for kind, dtype in (("image", "float32"), ("label", "uint8"))}
+    if n_clicks is not None:
+        specs["clicks"] = ArraySpec(volume_path(case, "clicks"), "int32", (n_clicks, 4), (max(1, n_clicks), 4))
+    return specs
 
 
 def volume_path(case: str, kind: str) -> str:
     """Path of a case's native ``image`` or ``label`` volume inside the store."""
     if kind not in VOLUME_KINDS:
-        raise ValueError(f"volume kind must be 'image' or 'label', got {kind!r}")
+        raise ValueError(f"volume kind must be one of {VOLUME_KINDS}, got {kind!r}")
     check_case_id(case)
     return f"volumes/{case}/{kind}"
 
@@ -201,6 +208,15 @@ class CaseMeta:
     first_slice: int  # index of its first training slice in slices/*
     n_slices: int
     sha256: str  # of the native image and label arrays (dtype, shape, bytes), for `verify`
+    labelled: bool = True  # has a dense label (validation and evaluation need one)
+    annotation: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "simulated"})
+    # {"kind": "simulated"} (clicks drawn from the dense label with StoreMeta.points), or
+    # {"kind": "imported", "format", "file", "sha256", "points", "per_class", "duplicates", ...}
+
+    @property
+    def imported_clicks(self) -> int | None:
+        """Number of imported native annotated voxels; None for simulated clicks."""
+        return int(self.annotation["points"]) if self.annotation.get("kind") == "imported" else None
 
 
 @dataclasses.dataclass
@@ -227,7 +243,7 @@ class StoreMeta:
         """Every array the metadata implies: the slice arrays and both volumes of every case."""
         specs = slice_specs(self.n_slices, self.size, len(self.classes), self.n_clicks)
         for case, meta in self.cases.items():
-            specs.update({s.path: s for s in volume_specs(case, meta.shape).values()})
+            specs.update({s.path: s for s in volume_specs(case, meta.shape, meta.imported_clicks).values()})
         return specs
 
     def to_json(self) -> dict[str, Any]:
@@ -319,6 +335,13 @@ def _case_meta(case: str, value: Any, where: str) -> CaseMeta:
         raise StoreError(f"{at}: sha256 must be 64 hex digits, found {meta.sha256!r:.70}")
     if not isinstance(meta.patient, str):
         raise StoreError(f"{at}: patient must be a string, found {meta.patient!r}")
+    if not isinstance(meta.labelled, bool):
+        raise StoreError(f"{at}: labelled must be true or false, found {meta.labelled!r}")
+    kind = meta.annotation.get("kind") if isinstance(meta.annotation, dict) else None
+    if kind not in ("simulated", "imported") or (kind == "imported" and not (
+            _is_int(meta.annotation.get("points")) and meta.annotation["points"] >= 0)):
+        raise StoreError(f"{at}: annotation must be {{'kind': 'simulated'}} or an imported record with a "
+                         f"point count, found {meta.annotation!r:.80}")
     return meta
 
 

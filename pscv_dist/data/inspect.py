@@ -18,8 +18,24 @@ def format_summary(s: dict[str, Any]) -> str:
         "",
         f"{'class':<16}{'voxels':>14}{'slices':>10}",
     ]
+    ann = s.get("annotations") or {}
+    imported = ann.get("imported_voxels_per_class") or {}
+    if ann.get("imported_cases"):
+        lines[-1] += f"{'imported':>12}"
     for c in s["classes"]:
-        lines.append(f"{c:<16}{s['voxels_per_class'][c]:>14,}{s['slices_per_class'][c]:>10}")
+        lines.append(f"{c:<16}{s['voxels_per_class'][c]:>14,}{s['slices_per_class'][c]:>10}"
+                     + (f"{imported.get(c, 0):>12,}" if ann.get("imported_cases") else ""))
+    if ann:
+        lines.append("")
+        lines.append(f"annotations {ann['imported_cases']} case(s) imported"
+                     + (" (" + ", ".join(f"{f}: {n}" for f, n in s["annotation_sources"]) + ")"
+                        if s.get("annotation_sources") else "")
+                     + f", {ann['simulated_cases']} simulated ({s['points']}); "
+                     f"{ann['unlabelled_cases']} without a dense label")
+        if ann["imported_cases"]:
+            lines.append(f"            duplicates dropped {ann['imported_duplicates']}, voxels disagreeing with "
+                         f"the dense label {ann['imported_disagree_with_label']}, training pixels dropped "
+                         f"(two classes) {ann['resize_conflicts']}")
     if "verify_failed" in s:
         lines.append("")
         lines.append("verify      " + ("OK: every file matches its checksum, every volume its hash"

@@ -28,6 +28,8 @@ from .checks import EmptyCase, check_case, check_normalized, check_not_empty
 from .integrity import check_complete, filesystem, listing, manifest
 from .lifeline import worker_init
 from .publish import output_target
+from .annotations import FORMATS, Annotation
+from .clicks import annotation_record, load_annotations, training_points
 from .sources import CaseSource, Layout, discover
 from .volume_io import DataError, check_file
 from .volumes import NORMALIZATIONS, normalize_intensity, resize_image, resize_label, volume_points
@@ -55,6 +57,10 @@ class PrepareConfig:
     overwrite: bool = False
     progress: bool = True
     skip_empty: bool = False  # skip (with a warning) cases whose image is all zero or label all background
+    clicks: str | None = None  # imported annotations (folder, .csv file, or an HDF5 key): data/clicks.py
+    clicks_format: str | None = None  # slicer | nifti | csv | h5-key (detected from `clicks` when None)
+    clicks_ignore: int | None = None  # "not annotated" value of sparse maps (nifti: 255; h5-key: K)
+    clicks_partial: bool = False  # cases without annotations get simulated clicks instead of an error
 
     def __post_init__(self):
         if self.size < 8 or self.size % 8:
@@ -65,6 +71,10 @@ class PrepareConfig:
             raise ConfigError(f"points per class must be >= 1, got {self.per_class}")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
             raise ConfigError(f"--normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.clicks_format is not None and self.clicks_format not in FORMATS:
+            raise ConfigError(f"--clicks-format must be one of {list(FORMATS)}, got {self.clicks_format!r}")
+        if self.clicks is None and (self.clicks_format or self.clicks_ignore is not None or self.clicks_partial):
+            raise ConfigError("--clicks-format, --clicks-ignore and --clicks-partial need --clicks")
 
 
 def _select(layout: Layout, cfg: PrepareConfig) -> list[CaseSource]:
@@ -91,13 +101,19 @@ def _select(layout: Layout, cfg: PrepareConfig) -> list[CaseSource]:
 
 
 def process_case(source: CaseSource, staging: str, classes: list[str], normalization: str,
-                 remap: dict[int, int] | None, cfg: PrepareConfig) -> CaseResult:
+                 remap: dict[int, int] | None, cfg: PrepareConfig, annotation: Annotation | None = None) -> CaseResult:
     """Load, check and convert one case; writes its native volumes into the staging store and its
     training slices to a part file. Returns what the fingerprint and the metadata need."""
     import zarr
 
     k = len(classes)
     vol = source.load()
+    labelled = vol.label is not None
+    if not labelled:
+        if annotation is None:
+            raise DataError(f"{source.files[0]}: case {source.case!r} has neither a dense label nor annotations "
+                            f"in --clicks; a case needs one of them")
+        vol = dataclasses.replace(vol, label=np.zeros(vol.image.shape, np.uint8), label_geometry=vol.image_geometry)
     check_case(source, vol, source.label_values or k)
     label = vol.label.astype(np.int64)
     if remap is not None:
@@ -109,18 +125,25 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     image = normalize_intensity(vol.image, normalization)
     if normalization == "none":
         check_normalized(source, image)
-    check_not_empty(source, vol.image, label)
+    check_not_empty(source, vol.image, label if labelled else None)
+    if not labelled:
+        label = np.full(label.shape, k, dtype=np.uint8)  # K = no dense label here (CaseMeta.labelled)
 
     group = zarr.open_group(staging, mode="r+")
     z, h, w = image.shape
-    specs = fmt.volume_specs(source.case, image.shape)
+    specs = fmt.volume_specs(source.case, image.shape, None if annotation is None else len(annotation.points))
     specs["image"].create(group, image)
     specs["label"].create(group, label)
 
     size = (cfg.size, cfg.size)
     s_image, s_label = resize_image(image, size), resize_label(label, size)
-    points_cfg = {"seed": cfg.seed, "per_class": cfg.per_class, "include_background": cfg.include_background}
-    s_points = volume_points(s_label, source.case, k, points_cfg)
+    if annotation is not None:  # the annotators' points, the native ones kept as the record
+        specs["clicks"].create(group, annotation.points.astype(np.int32))
+        s_points, conflicts = training_points(annotation.points, image.shape, cfg.size, k)
+        record = annotation_record(annotation, label if labelled else None, k, conflicts)
+    else:
+        points_cfg = {"seed": cfg.seed, "per_class": cfg.per_class, "include_background": cfg.include_background}
+        s_points, record = volume_points(s_label, source.case, k, points_cfg), {"kind": "simulated"}
     present = np.stack([np.bincount(p[p < k], minlength=k) > 0 for p in s_points.reshape(z, -1)])
     part = Path(staging) / "_parts" / f"{source.case}.npz"
     clicks = fmt.clicks_table(s_points, 0, k)  # slice column relative to the case; shifted at assembly
@@ -129,7 +152,7 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
     # seeded by (seed, case id): stable per case, independent of its shape and of the other cases
     rng = np.random.default_rng([cfg.seed, zlib.crc32(source.case.encode())])
     raw = np.asarray(vol.image, dtype=np.float64).reshape(-1)
-    fg = raw[label.reshape(-1) > 0]
+    fg = raw[(label.reshape(-1) > 0) & (label.reshape(-1) < k)]
     geom = vol.image_geometry
     return CaseResult(
         case=source.case, patient=source.patient, shape=[z, h, w],
@@ -139,11 +162,11 @@ def process_case(source: CaseSource, staging: str, classes: list[str], normaliza
         sample=rng.choice(raw, size=min(SAMPLE_VOXELS, raw.size), replace=False),
         sample_fg=rng.choice(fg, size=min(SAMPLE_VOXELS, fg.size), replace=False) if fg.size else fg,
         voxels_per_class=np.bincount(label.reshape(-1), minlength=k)[:k],
-        slices_per_class=present.sum(axis=0),
+        slices_per_class=present.sum(axis=0), labelled=labelled, annotation=record,
     )
 
 
-def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str, CaseResult]:
+def _run_cases(sources, staging, classes, normalization, remap, cfg, annotations) -> dict[str, CaseResult]:
     """Convert every case; with ``cfg.skip_empty`` an empty case is skipped with a warning."""
     results: dict[str, CaseResult] = {}
     bar = progress_bar(total=len(sources), desc="prepare", unit="vol", disable=not cfg.progress)
@@ -161,11 +184,11 @@ def _run_cases(sources, staging, classes, normalization, remap, cfg) -> dict[str
     try:
         if cfg.workers == 1:
             for s in sources:
-                collect(s, lambda s=s: process_case(s, *args))
+                collect(s, lambda s=s: process_case(s, *args, annotations.get(s.case)))
             return results
         with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
                                     initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(process_case, s, *args): s for s in sources}
+            futures = {pool.submit(process_case, s, *args, annotations.get(s.case)): s for s in sources}
             try:
                 for fut in cf.as_completed(futures):
                     collect(futures[fut], fut.result)
@@ -225,7 +248,7 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
     import zarr
 
     target = output_target(cfg.out, storage_options)
-    layout = discover(cfg.src, cfg.layout)
+    layout = discover(cfg.src, cfg.layout, labels_optional=cfg.clicks is not None)
     classes = list(cfg.classes or layout.classes)
     if not classes:
         raise DataError(f"{cfg.src}: class names unknown; add a dataset.json with 'labels' or pass --classes")
@@ -233,6 +256,10 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
         raise DataError(f"{cfg.src}: {len(classes)} classes do not fit the uint8 label format (max 254)")
     normalization = cfg.normalization or layout.normalization
     sources = _select(layout, cfg)
+    annotations: dict[str, Annotation] = {}
+    if cfg.clicks is not None:  # every annotation file is read and checked before anything is written
+        _, annotations = load_annotations(cfg.clicks, cfg.clicks_format, layout.cases, classes,
+                                          cfg.clicks_ignore, cfg.clicks_partial)
     staging = target.claim(cfg.src, cfg.overwrite)
     try:
         try:
@@ -240,7 +267,7 @@ def prepare(cfg: PrepareConfig, storage_options: dict | None = None) -> str:
             group.create_group("volumes")
             group.create_group("slices")
             (staging / "_parts").mkdir()
-            results = _run_cases(sources, str(staging), classes, normalization, layout.remap, cfg)
+            results = _run_cases(sources, str(staging), classes, normalization, layout.remap, cfg, annotations)
             order = [s.case for s in sources if s.case in results]
             if not order:
                 raise DataError(f"{cfg.src}: every selected case was empty and skipped (--skip-empty); nothing to write")
@@ -264,14 +291,16 @@ def _store_meta(cfg, layout, classes, normalization, order, results, n, n_clicks
     for c in order:
         r = results[c]
         cases[c] = fmt.CaseMeta(patient=r.patient, shape=r.shape, spacing=r.spacing, affine=r.affine,
-                                first_slice=first, n_slices=r.n_slices, sha256=r.sha256)
+                                first_slice=first, n_slices=r.n_slices, sha256=r.sha256, labelled=r.labelled,
+                                annotation=r.annotation)
         first += r.n_slices
     fs, root = filesystem(str(staging))
     meta = fmt.StoreMeta(
         classes=classes, ignore_index=len(classes), size=cfg.size, layout=cfg.layout, source=str(cfg.src),
         normalization={"mode": normalization}, cases=cases,
         points={"seed": cfg.seed, "per_class": cfg.per_class, "include_background": cfg.include_background},
-        splits=make_splits({c: results[c].patient for c in order}, layout.splits, cfg.folds),
+        splits=make_splits({c: results[c].patient for c in order}, layout.splits, cfg.folds,
+                           unlabelled={c for c in order if not results[c].labelled}),
         fingerprint=fingerprint([results[c] for c in order], classes), n_slices=n, n_clicks=n_clicks,
         checksums=manifest(fs, root),
     )

@@ -41,7 +41,7 @@ class CaseVolume:
     """One loaded case: raw image and label as (Z, H, W), with their geometries."""
 
     image: np.ndarray
-    label: np.ndarray
+    label: np.ndarray | None  # None: the case has no dense label (nifti layout with --clicks)
     image_geometry: Geometry
     label_geometry: Geometry
 
@@ -79,20 +79,22 @@ def _nii_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.nii*") if re.search(r"\.nii(\.gz)?$", p.name) and not p.name.startswith("."))
 
 
-def _load_nifti_pair(image: str, label: str) -> CaseVolume:
+def _load_nifti_pair(image: str, label: str | None) -> CaseVolume:
     img, ig = read_nifti(image)
+    if label is None:
+        return CaseVolume(img, None, ig, ig)
     lab, lg = read_nifti(label)
     return CaseVolume(img, lab, ig, lg)
 
 
-def _check_nifti_headers(image: str, label: str) -> None:
-    nifti_geometry(image), nifti_geometry(label)
+def _check_nifti_headers(image: str, label: str | None) -> None:
+    nifti_geometry(image), label is None or nifti_geometry(label)
 
 
-def _nifti_source(case: str, patient: str, image: Path, label: Path) -> CaseSource:
-    return CaseSource(case, patient, (str(image), str(label)),
-                      functools.partial(_load_nifti_pair, str(image), str(label)),
-                      functools.partial(_check_nifti_headers, str(image), str(label)))
+def _nifti_source(case: str, patient: str, image: Path, label: Path | None) -> CaseSource:
+    return CaseSource(case, patient, (str(image),) if label is None else (str(image), str(label)),
+                      functools.partial(_load_nifti_pair, str(image), None if label is None else str(label)),
+                      functools.partial(_check_nifti_headers, str(image), None if label is None else str(label)))
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -120,15 +122,21 @@ def _decathlon_classes(src: Path) -> tuple[list[str] | None, str | None]:
     return [str(n) for _, n in pairs], ("ct" if "CT" in modality else "mr")
 
 
-def nifti_layout(src: Path) -> Layout:
-    """``imagesTr/*.nii[.gz]`` + ``labelsTr/*.nii[.gz]`` paired by name (``_0000`` suffix allowed)."""
+def nifti_layout(src: Path, labels_optional: bool = False) -> Layout:
+    """``imagesTr/*.nii[.gz]`` + ``labelsTr/*.nii[.gz]`` paired by name (``_0000`` suffix allowed).
+    With ``labels_optional`` (``prepare --clicks``) an image may come without a label (and
+    ``labelsTr`` may be absent): such a case trains from its imported annotations alone."""
     images = _nii_files(_require_dir(src / "imagesTr", "imagesTr"))
-    labels = {_strip_nii(p.name): p for p in _nii_files(_require_dir(src / "labelsTr", "labelsTr"))}
+    labels = ({} if labels_optional and not (src / "labelsTr").is_dir() else
+              {_strip_nii(p.name): p for p in _nii_files(_require_dir(src / "labelsTr", "labelsTr"))})
     classes, norm = _decathlon_classes(src)
     cases, seen = [], set()
     for image in images:
         case = re.sub(r"_0000$", "", _strip_nii(image.name))
         if case not in labels:
+            if labels_optional:
+                cases.append(_nifti_source(case, case, image, None))
+                continue
             raise DataError(f"{image}: no label found; expected {src / 'labelsTr' / (case + '.nii.gz')}")
         seen.add(case)
         cases.append(_nifti_source(case, case, image, labels[case]))
@@ -243,7 +251,9 @@ LAYOUTS: dict[str, Callable[[Path], Layout]] = {
 }
 
 
-def discover(src: str | Path, layout: str) -> Layout:
+def discover(src: str | Path, layout: str, labels_optional: bool = False) -> Layout:
+    """The cases of ``src`` in ``layout``. ``labels_optional``: the ``nifti`` layout accepts images
+    without a label (clicks-only cases); the other layouts always pair an image with its label."""
     if layout not in LAYOUTS:
         raise DataError(f"--layout {layout!r} is not known; expected one of {sorted(LAYOUTS)}")
     src = Path(src)
@@ -254,4 +264,4 @@ def discover(src: str | Path, layout: str) -> Layout:
             raise DataError(f"{src}: symlink loop (the source folder link points back to itself)") from None
     if not src.is_dir():
         raise DataError(f"{src}: source folder not found")
-    return LAYOUTS[layout](src)
+    return LAYOUTS[layout](src, labels_optional=True) if labels_optional and layout == "nifti" else LAYOUTS[layout](src)

@@ -10,6 +10,7 @@ missing chunk would otherwise read as zeros). Reading a chunk that fails its CRC
 """
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
@@ -32,7 +33,8 @@ class SliceStore:
 
     ``store[i]`` -> ``{"image": (1,S,S) float32, "label": (S,S) int64, "points": (S,S) int64,
     "present": (K,) bool, "case": str, "z": int}``; ``store.volume(case)`` -> ``{"image": (Z,H,W)
-    float32, "label": (Z,H,W) int64, "spacing": (dz,dy,dx) or None, "affine": 4x4 or None}``.
+    float32, "label": (Z,H,W) int64, "labelled": bool, "clicks": (n,4) int32 (class,z,y,x) imported
+    annotations, "spacing": (dz,dy,dx) or None, "affine": 4x4 or None}``.
 
     Raises:
         StoreError: the path holds no complete pscv store, one of another format version, or one
@@ -211,7 +213,7 @@ class SliceStore:
 
     def _volume_arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
         out = []
-        for kind in fmt.VOLUME_KINDS:
+        for kind in ("image", "label"):
             name = fmt.volume_path(case, kind)
             out.append(self._read(name, ..., array=self._open(name), what=f" (case {case!r})"))
         return out[0], out[1]
@@ -224,9 +226,21 @@ class SliceStore:
         return {
             "image": image,
             "label": label.astype(np.int64),
+            "labelled": meta.labelled,
+            "clicks": self.clicks_of(case),
             "spacing": None if meta.spacing is None else tuple(meta.spacing),
             "affine": None if meta.affine is None else np.asarray(meta.affine),
         }
+
+    def clicks_of(self, case: str) -> np.ndarray:
+        """(n, 4) int32 imported annotated voxels of a case as (class, z, y, x) in its native (Z, H, W)
+        grid, the annotation of record; (0, 4) for a case whose clicks were simulated."""
+        if case not in self.meta.cases:
+            raise KeyError(f"{self.path}: case {case!r} not in the store")
+        if self.meta.cases[case].imported_clicks is None:
+            return np.zeros((0, 4), dtype=np.int32)
+        name = fmt.volume_path(case, "clicks")
+        return self._read(name, ..., array=self._open(name), what=f" (case {case!r})")
 
     def check_cases(self, cases: list[str]) -> None:
         """Read the given cases' native volumes and compare them with the hash recorded at
@@ -268,6 +282,10 @@ class SliceStore:
             "splits": {k: len(v) for k, v in self.meta.splits.items()},
             "spacing": fp.get("spacing"), "intensity": fp.get("intensity"),
             "voxels_per_class": fp.get("voxels_per_class"), "slices_per_class": fp.get("slices_per_class"),
+            "annotations": fp.get("annotations"),
+            "annotation_sources": sorted(collections.Counter(
+                m.annotation.get("format") for m in self.meta.cases.values()
+                if m.annotation.get("kind") == "imported").items()),
             "sha256": fp.get("sha256"),
         }
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from ..model.bundle import load_model
 from ..data import SliceStore
 from ..distributed import DistState, init_distributed, shutdown
-from ..errors import OutputError, describe
+from ..errors import DataError, OutputError, describe
 from .evaluate import case_widths, check_compatible, evaluate
 from .metrics import check_edge_filter
 from .paths import check_writable_dir, check_writable_file, same_file
@@ -81,6 +81,10 @@ def run_evaluation(checkpoint: str, store_path: str, split: str, convention: str
         _agreed(lambda: check_outputs(out, plots, checkpoint, store_path), state)
         store = SliceStore(store_path)
         cases = store.split(split)
+        unlabelled = [c for c in cases if not store.meta.cases[c].labelled]
+        if unlabelled:
+            raise DataError(f"{store_path}: split {split!r} holds {len(unlabelled)} case(s) without a dense label "
+                            f"(e.g. {unlabelled[0]!r}), which cannot be scored; evaluate the 'labelled' split")
         check_edge_filter(edge_pixels, case_widths(store, cases))
         model, meta = load_model(checkpoint, map_location=state.device)
         model.to(state.device)
