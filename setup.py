@@ -26,7 +26,7 @@ EXTRAS = {
     "tune": ["ray[tune]==2.60.0", "optuna==5.0.0"],
     "test": ["pytest==9.2.0"],
 }
-EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs} | {"kubernetes-validate==1.37.0"})  # k8s manifest tests
 
 setup(
     name="pscv-dist",
