@@ -1,9 +1,29 @@
-# The image the k8s manifests run. CUDA builds of torch come from the base image; the project's
-# pins install on top of it.
-FROM nvcr.io/nvidia/pytorch:25.10-py3
+# The image every k8s manifest runs (k8s/components/image pins it by tag; a digest slot is there).
+# Dependencies come from constraints.txt only; the CUDA libraries arrive as the exact versions
+# torch==2.13.0's own wheel metadata pins. Runs as the non-root user 10001 (the manifests' runAsUser)
+# on a read-only root file system: HOME and every cache point into emptyDir mounts.
+#   docker build -t ghcr.io/pscv-dist/pscv-dist:0.1.0 .
+# The base image by digest: FROM python:3.11.7-slim-bookworm@sha256:<64 hex>
+FROM python:3.11.7-slim-bookworm
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+RUN groupadd --gid 10001 pscv \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin pscv
+
 WORKDIR /opt/pscv-dist
-COPY . .
-RUN pip install --no-cache-dir -e ".[deepspeed,dali,tune]" --no-deps \
- && pip install --no-cache-dir zarr==3.1.6 nibabel==5.4.2 h5py==3.16.0 kornia==0.9.0 mlflow==3.17.2 \
-    deepspeed==0.19.8 nvidia-dali-cuda130==2.4.0 "ray[tune]==2.60.0" tqdm PyYAML
+# what `pip install .` needs, then the code (the .dockerignore keeps .git, data, runs and venvs out)
+COPY setup.py README.md constraints.txt ./
+COPY pscv_dist/ pscv_dist/
+COPY launch/ launch/
+COPY tune/ tune/
+RUN pip install -c constraints.txt -e ".[deepspeed,dali,tune]" \
+ && pip check
+
+USER 10001:10001
+ENV HOME=/tmp
 ENTRYPOINT []
+CMD ["pscv", "--help"]
