@@ -57,6 +57,14 @@ def _cmd_clicks(args) -> int:
     return 0
 
 
+def _cmd_annotate(args) -> int:
+    from .annotate import serve
+
+    return serve(args.src, args.out, layout=args.layout, classes=_csv(args.classes) if args.classes else None,
+                 checkpoint=args.checkpoint, model_uri=args.model_uri, tracking_uri=args.tracking_uri,
+                 host=args.host, port=args.port)
+
+
 def _cmd_inspect(args) -> int:
     from .data import SliceStore
     from .data.inspect import format_summary
@@ -210,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["slicer", "csv", "nifti"])
     p.add_argument("--ignore", type=int, default=255, help="'not annotated' value of exported NIfTI maps")
     p.set_defaults(func=_cmd_clicks)
+
+    p = sub.add_parser("annotate", help="a local web page to click annotations (saved as 3D Slicer markups)")
+    p.add_argument("src", help="a dataset folder (with --layout) or a pscv store")
+    p.add_argument("--out", required=True, metavar="CLICKS_DIR",
+                   help="folder of <case>.mrk.json files (created; existing ones are loaded and edited)")
+    p.add_argument("--layout", choices=list(LAYOUTS), help="layout of SRC (omit for a store)")
+    p.add_argument("--classes", help="comma-separated class names, background first (nifti without dataset.json)")
+    p.add_argument("--checkpoint", help="a checkpoint folder (or its model.pt) for the prediction overlay")
+    p.add_argument("--model-uri", help="an MLflow model URI (models:/NAME@ALIAS) for the prediction overlay")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; the page has no login)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("inspect", help="print a store's summary")
     p.add_argument("store")
