@@ -255,7 +255,7 @@
     const clicks = S.cases.reduce((a, c) => a + c.clicks, 0);
     const done = S.cases.reduce((a, c) => a + (c.done || 0), 0);
     const total = S.cases.reduce((a, c) => a + c.total, 0);
-    $("totals").textContent = `${clicks} clicks · ${done}/${total} slices done`;
+    $("totals").textContent = `${clicks} click${clicks === 1 ? "" : "s"} · ${done}/${total} slices done`;
   }
   function updateStatusLine() {
     if (!S.detail) return;
@@ -557,6 +557,12 @@
     const first = S.cases.find((c) => c.case === wanted) || S.cases[0];
     if (first) await openCase(first.case, Number(hash.get("z")) || 0);
     else $("message").textContent = "no cases";
+    window.addEventListener("hashchange", () => {  // a link or a typed #case=...&z=...
+      const h = new URLSearchParams(location.hash.slice(1));
+      const z = Number(h.get("z")) || 0;
+      if (h.get("case") && h.get("case") !== S.caseId) openCase(h.get("case"), z);
+      else setSlice(z);
+    });
     // other tabs (and Slicer) may change the clicks: follow them while nothing of ours is unsaved
     setInterval(() => { if (document.visibilityState === "visible" && idle()) reloadClicks(); }, 2000);
     setInterval(() => { if (document.visibilityState === "visible") loadCases(); }, 5000);
