@@ -268,3 +268,54 @@ def test_key_press_to_slice_latency(browser, tall, tmp_path):
     print("key press -> slice painted:", json.dumps(result))
     assert len(warm) == len(cold) == 50
     assert result["median_ms"] < 1000 and result["median_ms_no_prefetch"] < 2000
+
+
+def test_viewer_controls(browser, server):
+    """Wheel and keys change the slice, drag windows (then the exact image is fetched), R resets,
+    Ctrl+wheel zooms, Shift+drag pans, F fits, L shows the label, N finds the next slice to do,
+    ] opens the next case; a number key beyond the classes changes nothing."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    open_case(browser, server.url, "phantom_000", 1)
+    canvas = browser.find_element(By.ID, "canvas")
+    state = lambda expr: browser.execute_script(f"return pscv.state.{expr}")  # noqa: E731
+    ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, 120).perform()
+    wait_for(browser, "return pscv.rendered.z === 2", what="wheel -> next slice")
+    for key, z in ((Keys.ARROW_UP, 1), (Keys.PAGE_DOWN, 5), (Keys.HOME, 0), (Keys.END, 5), (Keys.ARROW_LEFT, 4)):
+        press(browser, key)
+        wait_for(browser, f"return pscv.rendered.z === {z} && pscv.state.z === {z}", what=f"{key!r} -> slice {z}")
+    assert browser.execute_script("return location.hash") == "#case=phantom_000&z=4"
+
+    detail = {"level": state("detail.level"), "width": state("detail.width")}
+    ActionChains(browser).move_to_element(canvas).click_and_hold().move_by_offset(60, -30).release().perform()
+    wl, req = state("wl"), state("wlReq")
+    assert wl == req and wl["width"] > detail["width"] and wl["level"] > detail["level"]
+    assert not state("points.size")  # a drag is not a click
+    wait_for(browser, "return pscv.state.drawn && pscv.state.drawn.z === 4", what="the re-windowed slice")
+    press(browser, "r")
+    assert state("wl") == detail == state("wlReq")
+
+    scale = state("view.scale")
+    (ActionChains(browser).key_down(Keys.CONTROL).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -200)
+     .key_up(Keys.CONTROL).perform())
+    assert state("view.scale") > scale * 1.5 and state("z") == 4  # zoomed, same slice
+    pan = state("view.panX")
+    (ActionChains(browser).move_to_element(canvas).key_down(Keys.SHIFT).click_and_hold().move_by_offset(40, 20)
+     .release().key_up(Keys.SHIFT).perform())
+    assert abs(state("view.panX") - pan - 40) <= 1 and not state("points.size")
+    press(browser, "f")
+    cw, ch = browser.execute_script("const c = document.getElementById('canvas'); return [c.clientWidth, c.clientHeight]")
+    assert abs(state("view.scale") - 0.96 * min(cw / 48, ch / 40)) < 1e-9  # 6 x 40 x 48 voxels, square pixels
+
+    press(browser, "l")
+    wait_for(browser, "return pscv.state.showLabel && pscv.state.drawn.label !== null", what="label overlay")
+    press(browser, "7")  # no class 7
+    assert state("cls") == 1
+    press(browser, "n")
+    wait_for(browser, "return pscv.state.z === 5", what="next slice not done")
+    press(browser, "]")
+    wait_for(browser, "return pscv.rendered.caseId === 'phantom_001'", what="the next case")
+    assert browser.execute_script("return document.querySelector('#case-list li.current').dataset.case") == "phantom_001"

@@ -12,7 +12,7 @@
     info: null, cases: [], caseId: null, detail: null, z: 0, cls: 1,
     points: new Map(), revision: -1,
     wl: { level: 0, width: 1 }, wlReq: { level: 0, width: 1 },  // shown / rendered by the server
-    view: { scale: 1, panX: 0, panY: 0, aspect: 1 },
+    view: { scale: 1, panX: 0, panY: 0, aspect: 1, fitted: true },
     showLabel: false, showPred: false, opacity: 0.4,
     pending: { set: new Map(), del: new Set() }, inFlight: false,
     epoch: 0,  // bumped by every local edit and saved answer: an older read is stale
@@ -78,6 +78,7 @@
     S.view.scale = scale;
     S.view.panX = (cw - w * scale) / 2;
     S.view.panY = (ch - h * scale * S.view.aspect) / 2;
+    S.view.fitted = true;  // refitted when the canvas changes size, until the user zooms or pans
   }
   function zoomAt(factor, sx, sy) {
     const s = Math.min(64, Math.max(0.05, S.view.scale * factor));
@@ -85,12 +86,14 @@
     S.view.panX = sx - (sx - S.view.panX) * f;
     S.view.panY = sy - (sy - S.view.panY) * f;
     S.view.scale = s;
+    S.view.fitted = false;
     paint();
   }
   function resize() {
     const dpr = window.devicePixelRatio || 1;
     canvas.width = Math.round(canvas.clientWidth * dpr);
     canvas.height = Math.round(canvas.clientHeight * dpr);
+    if (S.view.fitted) fit();
     paint();
   }
 
@@ -469,6 +472,7 @@
     if (drag.mode === "pan") {
       S.view.panX = drag.panX + dx;
       S.view.panY = drag.panY + dy;
+      S.view.fitted = false;
     } else if (S.detail) {
       const k = Math.max(S.detail.max - S.detail.min, 1e-6) / 600;
       S.wl = { width: Math.max(k, drag.width + dx * k), level: drag.level - dy * k };
@@ -532,7 +536,7 @@
   $("show-label").addEventListener("change", (e) => { S.showLabel = e.target.checked; e.target.blur(); render(); });
   $("show-pred").addEventListener("change", (e) => { S.showPred = e.target.checked; e.target.blur(); render(); });
   $("opacity").addEventListener("input", (e) => { S.opacity = Number(e.target.value) / 100; paint(); });
-  window.addEventListener("resize", () => { resize(); });
+  new ResizeObserver(() => resize()).observe(canvas);  // the window, or the panels around the canvas
 
   // ---------------------------------------------------------------- start
   async function start() {
