@@ -14,7 +14,8 @@ from pscv_dist.errors import ConfigError
 from .manifests import K8S, Pod, core_schema_problems, get, kubectl, pods, security_problems
 from .test_commands import Refused, check_container
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:Use of conda:UserWarning")]  # the env-manager=conda case
 
 
 def _pod(docs: list[dict], owner: str, role: str | None = None) -> Pod:
