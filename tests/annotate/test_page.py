@@ -63,8 +63,16 @@ def src(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(src, tmp_path_factory):
+    import torch
+
+    from pscv_dist.model import UNet
+    from pscv_dist.model.bundle import model_meta, save_model
+
     root = tmp_path_factory.mktemp("page_server")
-    srv = start([str(src), "--layout", "nifti"], root / "clicks", root / "log.txt")
+    torch.manual_seed(0)
+    net = UNet(1, 4, 4, 2)  # an untrained model: its prediction is an overlay like any other
+    ckpt = save_model(root / "model.pt", net.eval(), model_meta(net, PHANTOM_CLASSES, 32, {"mode": "mr"}, 4))
+    srv = start([str(src), "--layout", "nifti", "--checkpoint", str(ckpt)], root / "clicks", root / "log.txt")
     yield srv
     assert stop(srv) == 0
 
@@ -272,7 +280,7 @@ def test_key_press_to_slice_latency(browser, tall, tmp_path):
 
 def test_viewer_controls(browser, server):
     """Wheel and keys change the slice, drag windows (then the exact image is fetched), R resets,
-    Ctrl+wheel zooms, Shift+drag pans, F fits, L shows the label, N finds the next slice to do,
+    Ctrl+wheel zooms, Shift+drag pans, F fits, L and P show the overlays, N finds the next slice to do,
     ] opens the next case; a number key beyond the classes changes nothing."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
@@ -312,6 +320,9 @@ def test_viewer_controls(browser, server):
 
     press(browser, "l")
     wait_for(browser, "return pscv.state.showLabel && pscv.state.drawn.label !== null", what="label overlay")
+    press(browser, "p")
+    wait_for(browser, "return pscv.state.showPred && pscv.state.drawn.pred !== null", what="prediction overlay")
+    assert browser.execute_script("return document.getElementById('show-pred').checked")
     press(browser, "7")  # no class 7
     assert state("cls") == 1
     press(browser, "n")

@@ -35,7 +35,8 @@
   const caseUrl = (id) => `/api/cases/${encodeURIComponent(id)}`;
 
   // ---------------------------------------------------------------- images (decoded, least recently used out)
-  const bitmaps = new Map();
+  const bitmaps = new Map();  // url -> Promise<ImageBitmap>
+  const decoded = new Map();  // url -> ImageBitmap, once it arrived (overlays drawn without waiting)
   function sliceUrl(kind, z) {
     const base = `${caseUrl(S.caseId)}/slices/${z}/${kind}.png`;
     if (kind !== "image") return base;
@@ -49,9 +50,13 @@
       return hit;
     }
     const promise = api(url).then((r) => r.blob()).then((b) => createImageBitmap(b));
-    promise.catch(() => bitmaps.delete(url));
+    promise.then((b) => { if (bitmaps.get(url) === promise) decoded.set(url, b); }, () => bitmaps.delete(url));
     bitmaps.set(url, promise);
-    while (bitmaps.size > 160) bitmaps.delete(bitmaps.keys().next().value);
+    while (bitmaps.size > 96) {
+      const old = bitmaps.keys().next().value;
+      bitmaps.delete(old);
+      decoded.delete(old);
+    }
     return promise;
   }
   function prefetch(z) {
@@ -158,16 +163,19 @@
     }
   }
   async function render() {
+    // the slice first; an overlay still on its way (a first prediction computes the whole case)
+    // is drawn when it arrives, if the slice is still the one on screen
     if (!S.detail) return;
     const token = ++renderToken, z = S.z, caseId = S.caseId;
+    const overlays = [];
+    if (S.showLabel && S.detail.labelled) overlays.push(["label", sliceUrl("label", z)]);
+    if (S.showPred && S.detail.prediction) overlays.push(["pred", sliceUrl("prediction", z)]);
+    for (const [, url] of overlays) bitmap(url).catch(() => {});
     try {
-      const [base, label, pred] = await Promise.all([
-        bitmap(sliceUrl("image", z)),
-        S.showLabel && S.detail.labelled ? bitmap(sliceUrl("label", z)) : null,
-        S.showPred && S.detail.prediction ? bitmap(sliceUrl("prediction", z)) : null,
-      ]);
+      const base = await bitmap(sliceUrl("image", z));
       if (token !== renderToken) return;  // a newer slice was asked for meanwhile
-      S.drawn = { caseId, z, base, label, pred };
+      S.drawn = { caseId, z, base, label: null, pred: null };
+      for (const [key, url] of overlays) S.drawn[key] = decoded.get(url) || null;
       $("message").textContent = "";
       paint();
       if (keyStart && keyStart.z === z) {
@@ -177,6 +185,13 @@
       }
       window.pscv.rendered = { caseId, z };
       prefetch(z);
+      for (const [key, url] of overlays) {
+        if (S.drawn[key]) continue;
+        const img = await bitmap(url);
+        if (token !== renderToken) return;
+        S.drawn[key] = img;
+        paint();
+      }
     } catch (e) {
       if (token === renderToken) setStatus("error", `slice ${z}: ${e.message}`);
     }
