@@ -47,13 +47,18 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     backend = backend or ("nccl" if cuda else "gloo")
     timeout = datetime.timedelta(seconds=timeout_s)
     if "TORCHELASTIC_RESTART_COUNT" in os.environ:
-        # torchrun keeps one agent store across restarts and its env:// path adds no per-attempt
-        # prefix: a restarted rank would read a dead peer's gloo address. Namespace by attempt.
+        # With the agent's store (one torchrun agent: the default), that store outlives restarts and
+        # env:// adds no per-attempt prefix: a restarted rank would read a dead peer's gloo address,
+        # so namespace by attempt (all workers of one agent share its restart count). Without it
+        # (multi-node: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in launch/torchrun_multi.sh) rank 0
+        # hosts a fresh store each rendezvous round, and a prefix would be wrong: a node started
+        # again after a loss counts from 0 while the surviving agent counts on.
         rank = int(os.environ["RANK"])
         agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               is_master=not agent and rank == 0, timeout=timeout, multi_tenant=not agent)
-        store = dist.PrefixStore(f"pscv/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+        if agent:
+            store = dist.PrefixStore(f"pscv/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     else:
         dist.init_process_group(backend, timeout=timeout)
