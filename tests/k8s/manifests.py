@@ -48,7 +48,7 @@ def kubectl() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _render_cached(overlay_dir: str) -> str:
-    proc = subprocess.run([kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", overlay_dir],
+    proc = subprocess.run([kubectl(), "kustomize", overlay_dir],
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {overlay_dir} failed: {proc.stderr.strip()}")
@@ -56,9 +56,9 @@ def _render_cached(overlay_dir: str) -> str:
 
 
 def render(overlay: str | Path) -> list[dict]:
-    """The documents ``kubectl kustomize`` renders for an overlay (a name under k8s/overlays or a
-    folder). The configs ConfigMap is generated from ../../configs, outside the kustomization root,
-    hence the load restrictor."""
+    """The documents plain ``kubectl kustomize`` renders for an overlay (a name under k8s/overlays or
+    a folder), with kustomize's default load restrictor: no file is read from outside the folder of
+    the kustomization that names it (the presets come through the Component in configs/)."""
     path = Path(overlay) if Path(overlay).is_absolute() else K8S / "overlays" / str(overlay)
     return [d for d in yaml.safe_load_all(_render_cached(str(path))) if d]
 

@@ -81,7 +81,7 @@ def test_a_typo_in_an_overlay_patch_is_caught_after_rendering(tmp_path, kv):
         f"resources:\n  - {os.path.relpath(K8S / 'overlays/cpu-smoke', tmp_path)}\n"
         "patches:\n  - target: {kind: Job, name: pscv-evaluate}\n"
         "    patch: |-\n      - {op: add, path: /spec/template/spec/containers/0/imagePullPolicey, value: Always}\n")
-    proc = subprocess.run([kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+    proc = subprocess.run([kubectl(), "kustomize", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     import yaml

@@ -28,6 +28,25 @@ def test_configs_come_from_the_presets_not_a_copy(rendered):
         assert cm["data"] == files, f"{overlay}: pscv-configs differs from configs/"
 
 
+def test_the_configs_component_lists_every_preset():
+    """Kustomize takes no glob for generator files: every preset in pscv_dist/configs must be listed by
+    the Component there (pscv_dist/configs/Kustomization), which k8s/base uses; the file is not a preset."""
+    component = PRESETS_DIR / "Kustomization"
+    k = yaml.safe_load(component.read_text())
+    assert (k["apiVersion"], k["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
+    (gen,) = [g for g in k["configMapGenerator"] if g["name"] == "pscv-configs"]
+    listed = gen["files"]
+    assert len(listed) == len(set(listed)), f"{component}: a preset listed twice"
+    on_disk = sorted(p.name for p in PRESETS_DIR.glob("*.yaml"))
+    assert sorted(listed) == on_disk, (f"{component} lists {sorted(listed)} but pscv_dist/configs holds {on_disk}: "
+                                       "list every preset file in its pscv-configs configMapGenerator")
+    assert "Kustomization" not in presets() and sorted(f"{n}.yaml" for n in presets()) == on_disk
+    base = yaml.safe_load((K8S / "base/kustomization.yaml").read_text())
+    assert (K8S / "base" / "../../configs").resolve() == PRESETS_DIR.resolve()
+    assert "../../configs" in base.get("components", [])
+    assert all(g["name"] != "pscv-configs" for g in base.get("configMapGenerator", [])), "one generator, in configs/"
+
+
 def test_no_copy_of_a_preset_under_k8s():
     presets_text = {p.read_text().strip() for p in PRESETS_DIR.glob("*.yaml")}
     for path in K8S.rglob("*"):
