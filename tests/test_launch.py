@@ -84,9 +84,10 @@ def test_deepspeed_launcher(tiny):
 # launch/torchrun_multi.sh is started twice, each agent a "node" with one gloo process, c10d rendezvous
 # hosted by node 0. The references run on loopback; the lost-node test runs with each node in its own
 # network namespace joined by a veth pair (the rendezvous and gloo traffic cross a real interface)
-# where the machine allows it (root and `ip netns`), otherwise on loopback, and says which. A node is lost the way Kubernetes loses a pod: its agent and everything it
-# started get SIGKILL; then it is started again, and the run must finish with the weights an
-# uninterrupted run ends with, bit for bit (it resumes from the newest complete checkpoint).
+# where the machine allows it (root and `ip netns`), otherwise on loopback, and says which. A node
+# is lost the way Kubernetes loses a pod: its agent and everything it started get SIGKILL; then it
+# is started again, and the run must finish with the weights an uninterrupted run ends with, bit
+# for bit (it resumes from the newest complete checkpoint).
 
 ITERS, CKPT_EVERY, KILL_AFTER = 30, 10, 13  # killed between the checkpoints of steps 10 and 20
 # a dead node is noticed after keep_alive_interval x keep_alive_max_attempt seconds (torch: 5 x 3)
@@ -297,10 +298,11 @@ def _restart(net, root, name, out, endpoint, agents):
         return a1
     except AssertionError as exc:
         raise AssertionError(
-            "the run did not train again after node 1 was restarted. The restarted node's workers must find the "
-            "survivor's in the new rendezvous round: torchrun_multi.sh gives every round its own store "
-            "(TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1), and pscv_dist.distributed must not namespace that store "
-            "by TORCHELASTIC_RESTART_COUNT (1 on the surviving node, 0 on the restarted one).\n" + str(exc)
+            "the run did not train again after node 1 was restarted. The restarted node's workers find the "
+            "survivor's in the new rendezvous round only if torchrun_multi.sh still gives every round its own "
+            "store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) and pscv_dist.distributed still prefixes keys by "
+            "TORCHELASTIC_RESTART_COUNT only on the agent's store, never on that per-round one (the count is 1 "
+            "on the surviving node, 0 on the restarted one).\n" + str(exc)
             + "\nnode 1's log:\n" + (root / f"{name}_node1.log").read_text()[-3000:]) from None
 
 
