@@ -127,6 +127,7 @@ class Session:
         self.predictor = predictor
         self.classes = dataset.classes
         self._stop = threading.Event()
+        self._scan: threading.Thread | None = None
 
     # --- validation of URL parts -------------------------------------------------------------
     def case(self, case: str) -> str:
@@ -147,12 +148,14 @@ class Session:
         return int(z)
 
     # --- answers -----------------------------------------------------------------------------
-    def progress(self, case: str, points) -> dict:
+    def progress(self, case: str, points, wait: bool = True) -> dict:
+        """Done / all slices. ``wait`` False (the case list): a label the background scan has not
+        read yet gives ``done`` None instead of being read now."""
         z_n = self.dataset.grids[case].shape[0]
         clicked = np.zeros((z_n, len(self.classes)), dtype=bool)
         for p in points:
             clicked[p.z, p.cls] = True
-        if self.dataset.labelled[case] and not self.dataset.presence_known(case):
+        if not wait and self.dataset.labelled[case] and not self.dataset.presence_known(case):
             return {"done": None, "total": z_n, "counts": "pending"}  # the background scan has not read it yet
         present = self.dataset.presence(case)
         if present is None:  # no dense label: a slice with a click counts
@@ -164,6 +167,14 @@ class Session:
         return {"case": case, "revision": revision, "file": self.book.file(case).name,
                 "points": [p.as_json(self.classes) for p in points], "clicks": len(points),
                 "progress": self.progress(case, points), **(extra or {})}
+
+    def edit(self, case: str, sets, deletes, one: str | None = None) -> dict:
+        """Apply an edit and answer with the merged state (a blocking call: run in a worker thread).
+        ``one``: the id of a single-point DELETE, 404 when there was no such point."""
+        revision, points, counts = self.book.apply(case, sets, deletes)
+        if one is not None and counts["missing"]:
+            raise ApiError(404, f"case {case}: no point with id {one!r}")
+        return self.clicks_answer(case, revision, points, counts)
 
     def info(self) -> dict:
         keys = {c: str(c) for c in range(min(len(self.classes), 10))}
@@ -177,7 +188,7 @@ class Session:
         rows, total_clicks, done, total = [], 0, 0, 0
         for case in self.dataset.cases:
             revision, points = self.book.snapshot(case)
-            progress = self.progress(case, points)
+            progress = self.progress(case, points, wait=False)
             rows.append({"case": case, "slices": self.dataset.grids[case].shape[0], "labelled": self.dataset.labelled[case],
                          "clicks": len(points), "done": progress["done"], "total": progress["total"],
                          "revision": revision})
@@ -229,12 +240,16 @@ class Session:
                 log.warning("case %s: %s", case, exc)
 
     def start_scan(self) -> threading.Thread:
-        thread = threading.Thread(target=self.scan, name="pscv-annotate-scan", daemon=True)
-        thread.start()
-        return thread
+        self._scan = threading.Thread(target=self.scan, name="pscv-annotate-scan", daemon=True)
+        self._scan.start()
+        return self._scan
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the scan and wait for the case it is reading: a thread still inside a reader (h5py
+        holds HDF5's lock) when the interpreter exits can deadlock the exit."""
         self._stop.set()
+        if self._scan is not None:
+            self._scan.join(timeout)
 
 
 def _finite(text: str, name: str) -> float:
@@ -254,9 +269,13 @@ async def _json_body(request) -> object:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise ApiError(413, f"body of {length} bytes: at most {MAX_BODY}")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, f"body of {len(raw)} bytes: at most {MAX_BODY}")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # read no more than the limit, whatever the headers said
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"body of more than {MAX_BODY} bytes: at most {MAX_BODY}")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
 
     def refuse(constant):
         raise ValueError(f"{constant} is not a number JSON allows")
@@ -364,8 +383,7 @@ def create_app(session: Session, loopback: bool = True):
         case = session.case(case)
         body = await _json_body(request)
         sets, deletes = parse_edit(body, session.dataset.grids[case], session.book.names)
-        revision, points, counts = await run_in_threadpool(session.book.apply, case, sets, deletes)
-        return answer(session.clicks_answer(case, revision, points, counts))
+        return answer(await run_in_threadpool(session.edit, case, sets, deletes))
 
     @app.put("/api/cases/{case}/clicks/{point_id}")
     async def put_click(case: str, point_id: str, request: Request):
@@ -373,16 +391,12 @@ def create_app(session: Session, loopback: bool = True):
         check_id(point_id, "point id in the URL")
         body = await _json_body(request)
         point = parse_point(body, "body", session.dataset.grids[case], session.book.names, point_id=point_id)
-        revision, points, counts = await run_in_threadpool(session.book.apply, case, [point], [])
-        return answer(session.clicks_answer(case, revision, points, counts))
+        return answer(await run_in_threadpool(session.edit, case, [point], []))
 
     @app.delete("/api/cases/{case}/clicks/{point_id}")
-    async def delete_click(case: str, point_id: str):
+    def delete_click(case: str, point_id: str):
         case = session.case(case)
         check_id(point_id, "point id in the URL")
-        revision, points, counts = await run_in_threadpool(session.book.apply, case, [], [point_id])
-        if counts["missing"]:
-            raise ApiError(404, f"case {case}: no point with id {point_id!r}")
-        return answer(session.clicks_answer(case, revision, points, counts))
+        return answer(session.edit(case, [], [point_id], one=point_id))
 
     return Guard(app, loopback)

@@ -385,3 +385,27 @@ def test_loopback_names():
     assert not any(_is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "::", "example.org"))
     assert [_host_name(h) for h in ("127.0.0.1:8765", "[::1]:8765", "localhost", "[::1]")] == [
         "127.0.0.1", "::1", "localhost", "::1"]
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off(server):
+    """Without a Content-Length the server stops reading at the limit."""
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest("POST", f"/api/cases/{CASE}/clicks")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        block = b" " * 65536
+        try:
+            for _ in range(40):  # 2.5 MiB of JSON whitespace
+                conn.send(b"%x\r\n%s\r\n" % (len(block), block))
+            conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent
+        answer = conn.getresponse()
+        assert answer.status == 413 and b"at most 1048576" in answer.read()
+    finally:
+        conn.close()
