@@ -19,12 +19,14 @@ CORE = [
     "matplotlib==3.11.2",
     "kornia==0.9.0",
     "mlflow==3.17.2",
+    "fastapi==0.165.0",  # pscv annotate (also an MLflow dependency)
+    "uvicorn==0.54.0",
 ]
 EXTRAS = {
     "deepspeed": ["deepspeed==0.19.8"],
     "dali": ["nvidia-dali-cuda130==2.4.0"],
     "tune": ["ray[tune]==2.60.0", "optuna==5.0.0"],
-    "test": ["pytest==9.2.0"],
+    "test": ["pytest==9.2.0", "selenium==4.51.0"],  # selenium: the annotation page in headless chromium
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs} | {"kubernetes-validate==1.37.0"})  # k8s manifest tests
 
@@ -36,7 +38,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["pscv_dist", "pscv_dist.*"]),
-    package_data={"pscv_dist": ["configs/*.yaml"]},
+    package_data={"pscv_dist": ["configs/*.yaml", "annotate/static/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["pscv=pscv_dist.cli:main"]},
