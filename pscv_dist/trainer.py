@@ -51,6 +51,23 @@ def next_batch(it):
         raise unwrap_worker_error(exc) from None
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume from ``step``: drop the records of steps after it (the work a killed run did after
+    its last checkpoint is done again, and must not be logged twice). Atomic rewrite."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                keep.append(line)
+        except (ValueError, AttributeError):  # a line cut by the kill
+            continue
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
 def _check_labels(store: SliceStore, cfg: Config, val_cases: list[str]) -> None:
     """Cases trained from imported clicks alone have no dense label: never validate on them, and
     do not train a dense objective on them."""
@@ -119,6 +136,8 @@ class Trainer:
         self.tracker = Tracker(cfg.tracking, str(self.out), cfg.tracking.enabled and state.is_main,
                                cfg.flat(), resume_run_id=run_id)
         self.log_file = self.out / "train_log.jsonl"
+        if resumed is not None and state.is_main:
+            _truncate_log(self.log_file, self.step)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:

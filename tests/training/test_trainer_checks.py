@@ -98,3 +98,18 @@ def test_validation_count_survives_resume_so_overlay_cadence_holds(phantom_store
     assert "step_00000003" in _overlay_steps(resumed)
     last = torch.load(resumed / "checkpoints" / "step_00000004" / "train_state.pt", weights_only=True)
     assert last["n_val"] == 4
+
+
+def test_resume_drops_the_log_records_after_the_checkpoint(tmp_path):
+    """A run killed after validating step 8 but before committing checkpoint 8 redoes steps 5..8 on
+    resume from 4; their first records must not stay in the log beside the new ones."""
+    import json
+
+    from pscv_dist.trainer import _truncate_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 9)) + '{"step": 9, "lo')
+    _truncate_log(log, 4)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    _truncate_log(tmp_path / "absent.jsonl", 4)  # a run resumed before it logged anything
+    assert not (tmp_path / "absent.jsonl").exists()
