@@ -1,20 +1,45 @@
-"""Small file helpers every command shares: atomic JSON writes."""
+"""Small file helpers every command shares: atomic writes."""
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON to a per-process temporary sibling, then rename: readers see the old or the new file."""
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
+
+    A new temporary file beside ``path`` (``mkstemp``: exclusive, never through a link), fsynced,
+    renamed over ``path`` (a link there is replaced, its target untouched), then the folder is
+    fsynced so the rename survives a crash."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
     return path
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (:func:`write_atomic`), creating the folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, json.dumps(obj, indent=2).encode())

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from ..data.annotations import Annotation, CaseGrid
 from ..data.annotations import csvio, slicer
 from ..data.annotations.core import CaseNames, ClassNames, lps_to_ras, voxel_to_world, world_to_voxel
 from ..errors import DataError, OutputError
+from ..files import write_atomic
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 SLOT = re.compile(r"c(\d+)z(\d+)")
@@ -208,31 +208,6 @@ def markups_json(case: str, grid: CaseGrid, names: ClassNames, points: list[Poin
     return (json.dumps(doc, indent=2).replace(json.dumps(placeholder), listing, 1) + "\n").encode()
 
 
-def write_atomic(folder: Path, target: Path, data: bytes) -> None:
-    """A new file in ``folder`` (``mkstemp``: exclusive, never through a link), fsynced, then renamed
-    over ``target`` (a link there is replaced, its target untouched); then the folder is fsynced."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def _stamp(path: Path):
     try:
         st = os.stat(path)
@@ -343,7 +318,7 @@ class ClickBook:
             if points == entry.points:
                 return entry.revision, _sorted(points.values()), counts
             data = markups_json(case, entry.grid, self.names, list(points.values()))
-            write_atomic(self.out, entry.path, data)
+            write_atomic(entry.path, data)
             entry.points, entry.stamp = points, _stamp(entry.path)
             entry.revision += 1
             return entry.revision, _sorted(points.values()), counts

@@ -194,13 +194,13 @@ def open_layout(src: str, layout: str, classes: list[str] | None = None) -> Data
 
 def open_store(src: str) -> Dataset:
     """A pscv store: its native volumes (normalised), classes, geometry and labelled flags."""
+    from ..data.clicks import stored_grid
     from ..data.store import SliceStore
 
     store = SliceStore(src)
     grids, labelled = {}, {}
     for case, meta in store.meta.cases.items():
-        grids[case] = CaseGrid(case, tuple(meta.shape), None if meta.affine is None else np.asarray(meta.affine),
-                               None if meta.spacing is None else tuple(meta.spacing))
+        grids[case] = stored_grid(case, meta)
         labelled[case] = bool(meta.labelled)
     k = store.num_classes
     lock = threading.Lock()  # one zarr reader

@@ -69,9 +69,9 @@ class MemorySource:
     def rows(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
         rows = np.searchsorted(self.items, idx)
-        if np.any(rows >= len(self.items)) or np.any(self.items[np.minimum(rows, len(self.items) - 1)] != idx):
-            missing = idx[(rows >= len(self.items)) | (self.items[np.minimum(rows, len(self.items) - 1)] != idx)]
-            raise IndexError(f"slice(s) {missing[:5].tolist()} are not in the cached split")
+        missing = (rows >= len(self.items)) | (self.items[np.minimum(rows, len(self.items) - 1)] != idx)
+        if missing.any():
+            raise IndexError(f"slice(s) {idx[missing][:5].tolist()} are not in the cached split")
         return rows
 
     def fetch(self, indices) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,12 @@ def case_grid(source) -> CaseGrid:
                     tuple(source.files))
 
 
+def stored_grid(case: str, meta) -> CaseGrid:
+    """The grid of a store's case, from its :class:`~.format.CaseMeta` (shape, affine, spacing)."""
+    return CaseGrid(case, tuple(meta.shape), None if meta.affine is None else np.asarray(meta.affine),
+                    None if meta.spacing is None else tuple(meta.spacing))
+
+
 def load_annotations(clicks: str, fmt: str | None, sources, classes: list[str], ignore: int | None,
                      partial: bool) -> tuple[str, dict[str, Annotation]]:
     """Read every case's annotations (``sources``: all cases of the source dataset). Returns the
@@ -97,8 +103,7 @@ def export_store_clicks(store_path: str, out: str, fmt: str, ignore: int = 255) 
     store = SliceStore(store_path)
     grids, anns = {}, {}
     for case, meta in store.meta.cases.items():
-        grids[case] = CaseGrid(case, tuple(meta.shape), None if meta.affine is None else np.asarray(meta.affine),
-                               None if meta.spacing is None else tuple(meta.spacing))
+        grids[case] = stored_grid(case, meta)
         if meta.annotation.get("kind") == "imported":
             anns[case] = Annotation(case, store.clicks_of(case), dict(meta.annotation), 0)
     if not anns:

@@ -9,7 +9,8 @@ point-label maps built from the store's click table in one gather, and augmented
 - on a GPU the batch is read by the DataLoader workers into pinned memory, copied without
   blocking, and augmented on the GPU (Kornia / DALI run there);
 - on a CPU the augmentation runs where the batch is read: inside each DataLoader worker (one
-  thread each), so the workers' cores do all the input work and the training process only trains;
+  thread each: torch's worker loop sets it), so the workers' cores do all the input work and the
+  training process only trains;
   with ``data.num_workers=0`` it runs in the training process.
 
 Both placements give the same batches (the draw depends on (seed, step, rank) only), so a run, its
@@ -66,10 +67,6 @@ class StepBatches(Dataset):
         return batch
 
 
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 class InputPipeline:
     """Iterable of this rank's device batches (``image`` (B,1,S,S) float32, ``label`` and
     ``points`` (B,S,S) int64, ``present`` (B,K) bool), one per stream step from ``start_step``."""
@@ -93,8 +90,7 @@ class InputPipeline:
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank)
         loader = DataLoader(self.dataset, sampler=Steps(self.start_step, self.steps), batch_size=None,
                             num_workers=workers, prefetch_factor=self.data.prefetch if workers else None,
-                            pin_memory=self.on_gpu, persistent_workers=False, generator=gen,
-                            worker_init_fn=_one_thread if workers else None)
+                            pin_memory=self.on_gpu, persistent_workers=False, generator=gen)
         for step, batch in zip(itertools.count(self.start_step), loader):
             yield self._finish(batch, step)
 

@@ -60,10 +60,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DataError
+from ...files import write_atomic
 from ..volume_io import check_file, save_atomic
 from . import csvio, slicer, sparse
 from .core import (EXPORT_FORMATS, FORMATS, Annotation, CaseGrid, CaseNames, ClassNames, check_class_indices,
-                   check_inside, refuse_existing, write_atomic)
+                   check_inside, refuse_existing)
 
 __all__ = ["FORMATS", "EXPORT_FORMATS", "CaseGrid", "Annotation", "detect_format", "import_annotations",
            "export_annotations"]

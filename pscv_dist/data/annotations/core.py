@@ -242,15 +242,3 @@ def refuse_existing(paths: Sequence[Path]) -> None:
                             f"remove it yourself)")
 
 
-def write_atomic(out: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temp file beside ``out``, then rename it over ``out``."""
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
