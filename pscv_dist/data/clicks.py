@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from .annotations import Annotation, CaseGrid, detect_format, export_annotations, import_annotations
 from .volume_io import nifti_geometry
 
@@ -100,6 +100,10 @@ def export_store_clicks(store_path: str, out: str, fmt: str, ignore: int = 255) 
     as Slicer markups, CSV or sparse NIfTI maps; import of the result gives the same points."""
     from .store import SliceStore
 
+    if "://" not in store_path:  # the store is never written into: it is checked by its file list
+        store_dir, dest = (Path(os.path.realpath(os.path.abspath(p))) for p in (store_path, out))
+        if dest == store_dir or store_dir in dest.parents:
+            raise OutputError(f"{out}: output lies inside the store {store_path}; export to a folder outside it")
     store = SliceStore(store_path)
     grids, anns = {}, {}
     for case, meta in store.meta.cases.items():

@@ -96,6 +96,10 @@ def test_prostate_scribble_nifti_round_trips_through_export(prostate_src, prosta
                          "--classes", classes, "--clicks", str(clicks)]) == 0
         np.testing.assert_array_equal(SliceStore(str(again)).volume("Prostatex")["clicks"], ref)
         assert cli_main(["clicks", "export", str(out), str(exported), "--format", fmt]) == 2  # never overwrites
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    for inside in (out, out / "volumes"):  # OUT = the store, or a folder in it: refused, nothing written
+        assert cli_main(["clicks", "export", str(out), str(inside), "--format", "nifti"]) == 2
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 @pytest.fixture(scope="module")
