@@ -24,7 +24,7 @@ from .eval.evaluate import Evaluation, evaluate
 from .losses import build_objective
 from .model import UNet
 from .progress import progress_bar
-from .files import write_json_atomic
+from .files import write_atomic, write_json_atomic
 from .tracking import Tracker
 from .tracking.runs import evaluation_metrics
 
@@ -63,9 +63,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except (ValueError, AttributeError):  # a line cut by the kill
             continue
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(line + "\n" for line in keep).encode())
 
 
 def _check_labels(store: SliceStore, cfg: Config, val_cases: list[str]) -> None:
