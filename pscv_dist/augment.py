@@ -44,18 +44,19 @@ def sample_matrices(b: int, size: int, cfg: AugmentConfig, gen: torch.Generator)
     angle = (torch.rand(b, generator=gen, dtype=torch.float64) * 2 - 1) * cfg.max_angle
     mode = torch.where(u1 < cfg.p_rot90_flip, 1, torch.where(u2 < cfg.p_rotate, 2, 0))
     c = (size - 1) / 2.0
-    mats = torch.zeros(b, 2, 3, dtype=torch.float64)
-    for i in range(b):
-        if mode[i] == 1:
-            theta, flip = math.pi / 2 * int(k[i]), bool(u3[i] < 0.5)
-        elif mode[i] == 2:
-            theta, flip = math.radians(float(angle[i])), False
+    rows = []
+    for m, k_i, u, a in zip(mode.tolist(), k.tolist(), u3.tolist(), angle.tolist()):
+        if m == 1:
+            theta, flip = math.pi / 2 * k_i, u < 0.5
+        elif m == 2:
+            theta, flip = math.radians(a), False
         else:
             theta, flip = 0.0, False
         cos, sin = round(math.cos(theta), 12), round(math.sin(theta), 12)
-        a = np.array([[cos, -sin], [sin, cos]]) @ np.diag([-1.0 if flip else 1.0, 1.0])
-        t = np.array([c, c]) - a @ np.array([c, c])
-        mats[i, :, :2], mats[i, :, 2] = torch.from_numpy(a), torch.from_numpy(t)
+        f = -1.0 if flip else 1.0
+        a00, a01, a10, a11 = cos * f, -sin, sin * f, cos  # rotation @ diag(f, 1)
+        rows.append(((a00, a01, c - (a00 * c + a01 * c)), (a10, a11, c - (a10 * c + a11 * c))))
+    mats = torch.tensor(rows, dtype=torch.float64).view(b, 2, 3)
     return mats, mode
 
 
@@ -124,14 +125,11 @@ def exact_warp(image: torch.Tensor, label: torch.Tensor, mats: torch.Tensor) -> 
     """Apply matrices that map pixel centres onto pixel centres (rot90, flips, the identity)
     exactly, as ``torch.rot90`` / ``flip`` (memory copies, no interpolation)."""
     new_image, new_label = torch.empty_like(image), torch.empty_like(label)
-    keys = [tuple(int(v) for v in m[:, :2].round().flatten().tolist()) for m in mats]
-    for key in set(keys):
-        idx = torch.tensor([i for i, k in enumerate(keys) if k == key], device=image.device)
-        k, flip = _symmetry(key)
-        img, lab = image[idx], label[idx]
-        if flip:
-            img, lab = img.flip(-1), lab.flip(-1)
-        new_image[idx], new_label[idx] = torch.rot90(img, k, (-2, -1)), torch.rot90(lab, k, (-2, -1))
+    for i, m in enumerate(mats):
+        k, flip = _symmetry(tuple(int(v) for v in m[:, :2].round().flatten().tolist()))
+        img, lab = (image[i].flip(-1), label[i].flip(-1)) if flip else (image[i], label[i])
+        new_image[i].copy_(torch.rot90(img, k, (-2, -1)))
+        new_label[i].copy_(torch.rot90(lab, k, (-2, -1)))
     return new_image, new_label
 
 
@@ -142,6 +140,7 @@ class Augmenter:
     def __init__(self, cfg: AugmentConfig, ignore_index: int, seed: int):
         self.cfg, self.ignore_index, self.seed = cfg, ignore_index, seed
         self._dali: dict[tuple[int, bool], object] = {}
+        self._grids: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def generator(self, step: int, rank: int) -> torch.Generator:
         state = int(np.random.SeedSequence([self.seed, step, rank, 0xA06]).generate_state(1)[0])
@@ -168,21 +167,33 @@ class Augmenter:
     def _warp(self, image, label, mats):
         return self._kornia(image, label, mats) if self.cfg.backend == "kornia" else self._dali_warp(image, label, mats)
 
-    @staticmethod
-    def _kornia(image, label, mats):
+    def _kornia(self, image, label, mats):
         """Kornia's ``warp_affine`` (bilinear image, nearest label, zeros outside, pixel centres at
         integers), with the sampling grid built once for both: Kornia's normalised homography, its
-        inverse, ``affine_grid`` and two ``grid_sample`` calls (what ``warp_affine`` does per call)."""
+        inverse, the grid and two ``grid_sample`` calls (what ``warp_affine`` does per call). The
+        grid is ``affine_grid``'s, bit for bit, from a base grid kept per size and device (building
+        it is most of ``affine_grid``'s time on a CPU)."""
         import torch.nn.functional as F
         from kornia.geometry.conversions import convert_affinematrix_to_homography, normalize_homography
 
         b, c, h, w = image.shape
         m = convert_affinematrix_to_homography(mats.to(image.device, torch.float64))
         src_from_dst = torch.linalg.inv(normalize_homography(m, (h, w), (h, w), align_corners=True))
-        grid = F.affine_grid(src_from_dst[:, :2].float(), [b, c, h, w], align_corners=True)
+        grid = (self._base_grid(h, w, image.device) @ src_from_dst[:, :2].float().transpose(1, 2)).view(b, h, w, 2)
         img = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         lab = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
         return img.to(image.dtype), lab[:, 0].round().to(label.dtype)
+
+    def _base_grid(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(1, H*W, 3) rows (x, y, 1) of normalised pixel centres, as ``affine_grid`` builds them
+        (align_corners=True)."""
+        key = (h, w, str(device))
+        if key not in self._grids:
+            x = torch.linspace(-1, 1, w, device=device)
+            y = torch.linspace(-1, 1, h, device=device)
+            yy, xx = torch.meshgrid(y, x, indexing="ij")
+            self._grids[key] = torch.stack((xx, yy, torch.ones_like(xx)), -1).view(1, h * w, 3)
+        return self._grids[key]
 
     def _dali_warp(self, image, label, mats):
         from .dali_warp import DaliWarp

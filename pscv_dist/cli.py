@@ -153,6 +153,29 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from pathlib import Path
+
+    from .study import RunOptions, load_study, run_study, write_report
+
+    study = load_study(args.study)
+    out = Path(args.out)
+    if args.action == "run":
+        res = run_study(study, RunOptions(out=out, methods=args.methods and _csv(args.methods),
+                                          budgets=args.budgets and [int(v) for v in _csv(args.budgets)],
+                                          seeds=args.seeds and [int(v) for v in _csv(args.seeds)],
+                                          parallel=args.parallel, address=args.address, cpus_per_run=args.cpus_per_run,
+                                          gpus_per_run=args.gpus_per_run, dry_run=args.dry_run))
+        if args.dry_run:
+            print(f"{res['done']} run(s) done, {res['todo']} to run")
+            return 0
+        if res["failed"]:
+            print(f"{len(res['failed'])} run(s) failed: {', '.join(res['failed'])} (logs in {out / 'logs'})")
+    rep = write_report(study, out, overlays=not args.no_overlays)
+    print(f"{rep['finished']} of {rep['total']} runs finished; report: {rep['report']}")
+    return 1 if args.action == "run" and res["failed"] else 0
+
+
 def _cmd_bench(args) -> int:
     from .config import AugmentConfig
     from .data.bench import bench_input
@@ -277,6 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     p.add_argument("overrides", nargs="*", help="section.key=value applied to the base config")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("study", help="run a study file (methods x budgets x seeds, resumable) or rebuild its report")
+    p.add_argument("action", choices=["run", "report"])
+    p.add_argument("study", help="study YAML file (e.g. studies/acdc_cpu.yaml)")
+    p.add_argument("--out", required=True, help="study folder: runs, searches, MLflow store, report")
+    p.add_argument("--methods", help="comma-separated subset of the study's methods")
+    p.add_argument("--budgets", help="comma-separated subset of its budgets")
+    p.add_argument("--seeds", help="comma-separated subset of its seeds")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (threads split evenly)")
+    p.add_argument("--address", help="run each run as a Ray task on this cluster (auto or ray://HOST:10001)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --address: CPUs each run asks Ray for")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="with --address: GPUs each run asks Ray for")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--no-overlays", action="store_true", help="report: skip the overlay figure (it loads every model)")
+    p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("bench", help="measure this machine: `pscv bench input STORE` times the trainer's input path")
     p.add_argument("what", choices=["input"])

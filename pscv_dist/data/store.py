@@ -150,8 +150,24 @@ class SliceStore:
         return self.meta.splits
 
     def split(self, name: str) -> list[str]:
+        """The cases of a split, or of an expression over splits: ``A&B`` (in both), ``A-B`` (in A,
+        not in B), read left to right, in A's order. E.g. an inner split of fold 0's training
+        patients for a search that must never see fold 0's validation patients:
+        ``fold0/train&fold1/train`` to train and ``fold1/val`` to validate (with 4 folds)."""
+        import re
+
+        is_expr = name not in self.meta.splits and re.fullmatch(r"[^&-]+([&-][^&-]+)+", name)
+        parts = re.split(r"([&-])", name) if is_expr else [name]
+        cases = self._named_split(parts[0].strip(), name)
+        for op, other in zip(parts[1::2], parts[2::2]):
+            keep = set(self._named_split(other.strip(), name))
+            cases = [c for c in cases if (c in keep) == (op == "&")]
+        return cases
+
+    def _named_split(self, name: str, expression: str) -> list[str]:
         if name not in self.meta.splits:
-            raise KeyError(f"{self.path}: split {name!r} not found; available: {sorted(self.meta.splits)}")
+            where = "" if name == expression else f" (in {expression!r})"
+            raise KeyError(f"{self.path}: split {name!r}{where} not found; available: {sorted(self.meta.splits)}")
         return list(self.meta.splits[name])
 
     def _known(self, cases: list[str]) -> None:

@@ -38,6 +38,23 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def ensure_experiment(uri: str, experiment: str, artifact_location: str) -> str:
+    """Create the store's schema and the experiment once, before parallel runs or trials start
+    (several processes creating one sqlite store race on its migration). Returns its id.
+
+    Raises:
+        ConfigError: the tracking store cannot be reached or written.
+    """
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        return exp.experiment_id if exp is not None else client.create_experiment(
+            experiment, artifact_location=artifact_location)
+    except Exception as exc:
+        raise ConfigError(f"MLflow tracking {uri}: cannot prepare the experiment {experiment!r} "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
 def start_parent(uri: str, artifact_location: str, experiment: str, search_dir: str | Path, name: str,
                  params: dict[str, Any]) -> tuple[str, str]:
     """Create (or, on resume, find again) the experiment and the search's parent run.
@@ -48,11 +65,9 @@ def start_parent(uri: str, artifact_location: str, experiment: str, search_dir: 
         ConfigError: the tracking store cannot be reached or written.
     """
     record = Path(search_dir) / "search_run.json"
+    exp_id = ensure_experiment(uri, experiment, artifact_location)
     try:
         client = _client(uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            experiment, artifact_location=artifact_location)
         if record.is_file():
             run_id = json.loads(record.read_text())["run_id"]
             client.update_run(run_id, status="RUNNING")

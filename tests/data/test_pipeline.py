@@ -93,6 +93,13 @@ def test_batches_do_not_depend_on_workers_or_cache(big_store):
         _equal(ref, _batches(big_store, 6, cache=cache))
 
 
+def test_workers_lap_the_shared_slot_ring_without_overwriting_a_batch(big_store):
+    """2 workers, prefetch 1: a ring of 4 slots, lapped 5 times while every batch is kept; a slot
+    written before the training process copied it out would show as a batch that differs."""
+    ref = _batches(big_store, 20)
+    _equal(ref, _batches(big_store, 20, num_workers=2, prefetch=1))
+
+
 def test_resume_gives_the_same_batches(big_store):
     straight = _batches(big_store, 8, shuffle="window", shuffle_window=2, num_workers=1)
     _equal(straight[5:], _batches(big_store, 3, start=5, shuffle="window", shuffle_window=2))

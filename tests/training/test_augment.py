@@ -62,7 +62,7 @@ def test_rot90_and_flip_are_exact():
     assert (mode == 1).all()
     img = torch.arange(256.0).reshape(1, 1, 16, 16).repeat(64, 1, 1, 1)
     lab = torch.arange(256).reshape(1, 16, 16).repeat(64, 1, 1) % 7
-    out_img, out_lab = Augmenter._kornia(img, lab, mats)
+    out_img, out_lab = Augmenter(AugmentConfig(), K, 0)._kornia(img, lab, mats)
     for i in range(64):
         a = mats[i, :, :2].round()
         # the result is one of the 8 exact symmetries of the square
@@ -122,13 +122,24 @@ def test_shared_grid_warp_equals_kornias_warp_affine():
     mats, _ = sample_matrices(16, 48, AugmentConfig(p_rot90_flip=0, p_rotate=1.0, max_angle=40),
                               torch.Generator().manual_seed(1))
     img, lab = torch.rand(16, 1, 48, 48), torch.randint(0, K, (16, 48, 48))
-    new_img, new_lab = Augmenter._kornia(img, lab, mats)
+    new_img, new_lab = Augmenter(AugmentConfig(), K, 0)._kornia(img, lab, mats)
     m = mats.float()
     ref_img = warp_affine(img, m, (48, 48), mode="bilinear", padding_mode="zeros", align_corners=True)
     ref_lab = warp_affine(lab[:, None].float(), m, (48, 48), mode="nearest", padding_mode="zeros",
                           align_corners=True)[:, 0].round().long()
     torch.testing.assert_close(new_img, ref_img, atol=1e-4, rtol=0)
     assert (new_lab != ref_lab).float().mean() < 1e-3  # nearest ties at exact half-pixels only
+
+
+def test_the_kept_base_grid_gives_affine_grids_grid_bit_for_bit():
+    import torch.nn.functional as F
+
+    aug = Augmenter(AugmentConfig(), K, 0)
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(2))
+    for h, w in ((48, 48), (7, 9)):
+        grid = (aug._base_grid(h, w, torch.device("cpu")) @ theta.transpose(1, 2)).view(5, h, w, 2)
+        assert torch.equal(grid, F.affine_grid(theta, [5, 1, h, w], align_corners=True))
+    assert aug._base_grid(48, 48, torch.device("cpu")) is aug._base_grid(48, 48, torch.device("cpu"))
 
 
 def test_scribble_pixels_of_one_class_may_merge_two_classes_may_not():

@@ -1,0 +1,257 @@
+"""``pscv study report``: tables and figures rebuilt from the run folders alone.
+
+For each budget and convention, per method over its finished seeds: per-class and mean DSC and
+HD95 as mean ± sample std; the paired difference of mean DSC against the reference method, seed
+by seed, with a 95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both
+methods finished are paired); the share of the reference → upper gap a method closes,
+(DSC_m - DSC_ref) / (DSC_upper - DSC_ref) on the seed means; the training wall time. Figures:
+validation curves (mean over seeds), overlays of the same eval slices for every method, and each
+search's best DSC over its searched values.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plan import Run, Study
+from .runner import CONVENTIONS, eval_path, read_record, record_path
+
+
+def collect(study: Study, out: Path) -> list[dict[str, Any]]:
+    """One row per finished run: its evaluations (both conventions), wall time and val curve."""
+    rows = []
+    for run in study.runs():
+        rec = read_record(record_path(run, out))
+        evals = {c: read_record(eval_path(run, out, c)) for c in CONVENTIONS}
+        if not rec or rec.get("status") != "done" or None in evals.values():
+            continue
+        curve = []
+        log = run.folder(out) / "train_log.jsonl"
+        if log.is_file():
+            for line in log.read_text().splitlines():
+                r = json.loads(line)
+                if r.get("val_mean_dsc") is not None:
+                    curve.append((r["step"], r["val_mean_dsc"]))
+        rows.append({"run": run, "evals": evals, "train_s": rec.get("train_s"), "curve": curve})
+    return rows
+
+
+def t975(df: int) -> float:
+    """Student-t 0.975 quantile (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_interval(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int] | None:
+    """Mean of (a - b) over the seeds in both, and the half-width of its 95 % t interval."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds])
+    half = t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), float(half), len(d)
+
+
+def _hd(res: dict[str, Any], cls: str | None = None) -> float | None:
+    if cls is None:
+        return res.get("mean_hd95_mm", res.get("mean_hd95"))
+    v = res["per_class"][cls]
+    return v.get("hd95_mm", v.get("hd95"))
+
+
+def _ms(values: list[float | None], digits: int = 3) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def tables(study: Study, rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for budget in study.budgets:
+        for conv in CONVENTIONS:
+            at = [r for r in rows if r["run"].budget == budget]
+            if not at:
+                continue
+            classes = list(at[0]["evals"][conv]["per_class"])
+            unit = "mm" if "mean_hd95_mm" in at[0]["evals"][conv] else "px"
+            by_method = {m: [r for r in at if r["run"].method == m] for m in study.methods}
+            dsc = {m: {r["run"].seed: r["evals"][conv]["mean_dsc"] for r in rs} for m, rs in by_method.items()}
+            ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
+            ref_mean = np.mean(list(ref.values())) if ref else None
+            up_mean = np.mean(list(up.values())) if up else None
+            head = ["method", "seeds", "mean DSC", *[f"DSC {c}" for c in classes], f"mean HD95 ({unit})",
+                    *[f"HD95 {c}" for c in classes], f"Δ DSC vs {study.reference} [95% CI]",
+                    "gap closed", "train (min)", "paper DSC", "paper HD95"]
+            lines = [f"### {budget} iterations, `{conv}` convention\n", "| " + " | ".join(head) + " |",
+                     "|" + "---|" * len(head)]
+            for m, rs in by_method.items():
+                if not rs:
+                    continue
+                ev = [r["evals"][conv] for r in rs]
+                diff = paired_interval(dsc[m], ref) if m != study.reference else None
+                dtxt = "—" if diff is None else (f"{diff[0]:+.3f} [{diff[0] - diff[1]:+.3f}, {diff[0] + diff[1]:+.3f}]"
+                                                 if not math.isnan(diff[1]) else f"{diff[0]:+.3f} (n=1)")
+                gap = "—"
+                if ref_mean is not None and up_mean is not None and up_mean != ref_mean and m not in (study.reference, study.upper):
+                    gap = f"{(np.mean(list(dsc[m].values())) - ref_mean) / (up_mean - ref_mean):+.0%}"
+                paper = study.paper.get(m, {})
+                cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
+                         *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
+                         _ms([_hd(e) for e in ev], 1), *[_ms([_hd(e, c) for e in ev], 1) for c in classes],
+                         dtxt, gap, _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
+                         str(paper.get("dsc", "—")), str(paper.get("hd95", "—"))]
+                lines.append("| " + " | ".join(cells) + " |")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = [b for b in study.budgets if any(r["run"].budget == b and r["curve"] for r in rows)]
+    if not budgets:
+        return None
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
+    for ax, b in zip(axes[0], budgets):
+        for m in study.methods:
+            curves = [dict(r["curve"]) for r in rows if r["run"].budget == b and r["run"].method == m and r["curve"]]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            mean = [np.mean([c[s] for c in curves]) for s in steps]
+            ax.plot(steps, mean, marker="o", ms=3, label=f"{m} (n={len(curves)})")
+        ax.set_title(f"{b} iterations: validation mean DSC (eval split)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean DSC (strict)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def overlays_figure(study: Study, rows: list[dict[str, Any]], out: Path, path: Path, n_slices: int = 3) -> Path | None:
+    """The same eval slices (the middle slices of the first eval case) under every method's
+    final model (first seed, largest budget with every method finished)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..config import load_config
+    from ..data import SliceStore
+    from ..eval.inference import predict_volume
+    from ..model.bundle import load_model
+
+    runs: dict[str, Run] = {}
+    for b in sorted(study.budgets, reverse=True):
+        at = {r["run"].method: r["run"] for r in sorted(rows, key=lambda r: r["run"].seed) if r["run"].budget == b}
+        if at:
+            runs = {m: at[m] for m in study.methods if m in at}
+            break
+    if not runs:
+        return None
+    rec = read_record(record_path(next(iter(runs.values())), out))
+    store = SliceStore(load_config(study.config, rec["overrides"]).data.store)
+    case = store.split(study.eval_split)[0]
+    vol = store.volume(case)
+    z = vol["image"].shape[0]
+    zs = sorted({int(round(v)) for v in np.linspace(z * 0.3, z * 0.7, n_slices)})
+    preds = {}
+    for m, run in runs.items():
+        model, meta = load_model(run.folder(out) / "checkpoints" / f"step_{run.budget:08d}" / "model.pt")
+        preds[m] = predict_volume(model, vol["image"], meta["size"])
+    cols = ["image", "label", *runs]
+    fig, axes = plt.subplots(len(zs), len(cols), figsize=(2.2 * len(cols), 2.3 * len(zs)), squeeze=False)
+    k = len(store.classes)
+    for i, zi in enumerate(zs):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            ax.imshow(vol["image"][zi], cmap="gray")
+            if col != "image":
+                lab = vol["label"][zi] if col == "label" else preds[col][zi]
+                ax.imshow(np.ma.masked_equal(lab, 0), cmap="tab10", vmin=0, vmax=max(9, k), alpha=0.5)
+            if i == 0:
+                ax.set_title(col, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{case}, slices {zs}: seed {next(iter(runs.values())).seed}, "
+                 f"{next(iter(runs.values())).budget} iterations", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def search_figure(study: Study, out: Path, path: Path) -> Path | None:
+    """Each search's best validation DSC over its first two searched values (log x for λ)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = [(s, s.folder(out) / "results.csv") for s in study.searches.values() if (s.folder(out) / "results.csv").is_file()]
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(5.5 * len(found), 4.2), squeeze=False)
+    for ax, (s, csv_path) in zip(axes[0], found):
+        rows = [r for r in csv.DictReader(csv_path.open()) if r.get("best_dsc")]
+        keys = [k for k in rows[0] if "." in k] if rows else []
+        if len(keys) >= 2:
+            x, y = [float(r[keys[0]]) for r in rows], [float(r[keys[1]]) for r in rows]
+            sc = ax.scatter(x, y, c=[float(r["best_dsc"]) for r in rows], cmap="viridis", s=60, edgecolors="k")
+            fig.colorbar(sc, ax=ax, label="best val DSC")
+            ax.set_ylabel(keys[1])
+        elif keys:
+            ax.scatter([float(r[keys[0]]) for r in rows], [float(r["best_dsc"]) for r in rows])
+            ax.set_ylabel("best val DSC")
+        if keys and all(float(r[keys[0]]) > 0 for r in rows):
+            ax.set_xscale("log")
+        ax.set_xlabel(keys[0] if keys else "")
+        ax.set_title(f"search {s.name} ({len(rows)} trials, {s.val_split})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, Any]:
+    """``<out>/report/results.md`` and its figures, from what the run folders hold now."""
+    from ..files import write_atomic
+
+    rows = collect(study, out)
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    total = len(study.runs())
+    figs = [f for f in (curves_figure(study, rows, rep / "curves.png"),
+                        overlays_figure(study, rows, out, rep / "overlays.png") if overlays and rows else None,
+                        search_figure(study, out, rep / "search.png")) if f]
+    searched = []
+    for s in study.searches.values():
+        from .runner import searched_values
+
+        v = searched_values(study, s, out)
+        searched.append(f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
+                        + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"
+                                     for k, val in v.items()) if v else "not run yet"))
+    text = (f"# Study `{study.name}`: {len(rows)} of {total} runs finished\n\n"
+            f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
+            f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
+            + ("\n".join(searched) + "\n\n" if searched else "")
+            + tables(study, rows) + "\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
+    write_atomic(rep / "results.md", text.encode())
+    return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "figures": [str(f) for f in figs]}

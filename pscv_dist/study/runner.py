@@ -1,0 +1,267 @@
+"""``pscv study run``: the searches, then every run not finished yet, then the report.
+
+Each run is a normal ``pscv train`` (a subprocess, tracked in the study's MLflow store) followed by
+``pscv evaluate`` of its final checkpoint on the eval split in both conventions. What a run
+did is recorded beside its folder, ``runs/<method>/b<budget>_s<seed>.json``:
+``{"status": "done"|"failed", "fingerprint", "overrides", "train_s", "eval_s", ...}``.
+
+- A finished run (record ``done`` with the same fingerprint) is skipped; an interrupted one is
+  started again and the trainer resumes it from its last checkpoint; an evaluation that is
+  missing is redone.
+- A folder holding a run of other settings (the study file changed) is refused, never replaced:
+  move it away or use another ``--out``.
+- Runs go ``--parallel`` at a time on this machine (each with ``cpus // parallel`` threads), or,
+  with ``--address``, as Ray tasks on a cluster (``--cpus-per-run``/``--gpus-per-run``); ``--out``
+  must then be on storage every node sees.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, PscvError
+from ..files import write_json_atomic
+from .plan import Run, Search, Study, check_study, fingerprint
+
+log = logging.getLogger(__name__)
+CONVENTIONS = ("strict", "literature")
+
+
+@dataclasses.dataclass
+class RunOptions:
+    out: Path
+    methods: list[str] | None = None
+    budgets: list[int] | None = None
+    seeds: list[int] | None = None
+    parallel: int = 1
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    dry_run: bool = False
+
+
+def record_path(run: Run, out: Path) -> Path:
+    return run.folder(out).with_suffix(".json")
+
+
+def eval_path(run: Run, out: Path, convention: str) -> Path:
+    return run.folder(out).with_name(f"{run.folder(out).name}.{convention}.json")
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] | None:
+    """The searched keys' values in the best trial's config, or None before the search is done."""
+    best = search.folder(out) / "best_config.yaml"
+    if not best.is_file():
+        return None
+    cfg = yaml.safe_load(best.read_text())
+    space = yaml.safe_load(Path(search.space).read_text())
+    values = {}
+    for key in space:
+        section, name = key.split(".", 1)
+        values[key] = cfg[section][name]
+    return values
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-m", "pscv_dist.cli"]
+
+
+def search_command(study: Study, search: Search, out: Path) -> list[str]:
+    folder = search.folder(out)
+    resume = (folder / "search.json").is_file()
+    cmd = [*_python(), "tune", "--out", str(folder)]
+    if resume:
+        return [*cmd, "--resume", *search.args]
+    return [*cmd, "--config", study.config, "--space", search.space, *search.args, *study.overrides,
+            *search.overrides, f"data.train_split={search.train_split}", f"data.val_split={search.val_split}"]
+
+
+def run_commands(study: Study, run: Run, out: Path, overrides: list[str]) -> list[list[str]]:
+    """``pscv train`` (it resumes from its own checkpoint) and one ``pscv evaluate`` per convention
+    that is still missing."""
+    cmds = []
+    folder = run.folder(out)
+    summary = read_record(folder / "summary.json")
+    if not (summary and summary.get("step") == run.budget):
+        cmds.append([*_python(), "train", "--config", study.config, *overrides])
+    from ..config import load_config
+
+    store = load_config(study.config, overrides).data.store
+    for conv in CONVENTIONS:
+        if cmds or not eval_path(run, out, conv).is_file():
+            cmds.append([*_python(), "evaluate", "--checkpoint", str(folder / "checkpoints" / f"step_{run.budget:08d}"),
+                         "--store", store, "--split", study.eval_split, "--convention", conv,
+                         "--out", str(eval_path(run, out, conv))])
+    return cmds
+
+
+def execute(cmds: list[list[str]], log_file: str, threads: int) -> dict[str, Any]:
+    """Run the commands in order (stop at the first failure); the wall time of each kind. Runs in
+    this process or as a Ray task on any node."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    times: dict[str, float] = {}
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f:
+        for cmd in cmds:
+            f.write(f"$ {' '.join(cmd)}\n")
+            f.flush()
+            t0 = time.time()
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            kind = "train_s" if cmd[3] == "train" else "eval_s"
+            times[kind] = times.get(kind, 0.0) + time.time() - t0
+            if rc:
+                return {"rc": rc, "failed": " ".join(cmd[3:5]), **times}
+    return {"rc": 0, **times}
+
+
+def _check_folder(run: Run, out: Path, fp: str) -> None:
+    rec = read_record(record_path(run, out))
+    if rec is not None and rec.get("fingerprint") != fp:
+        raise ConfigError(f"{run.folder(out)}: holds run {run.key} with other settings than the study file now gives "
+                          f"(fingerprint {rec.get('fingerprint')} vs {fp}); move it away or choose another --out")
+    if rec is None and run.folder(out).exists() and any(run.folder(out).iterdir()):
+        raise ConfigError(f"{run.folder(out)}: exists and is not a run of this study (no {record_path(run, out).name}); "
+                          "move it away or choose another --out")
+
+
+def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]]], list[Run], list[Search]]:
+    """(runs to do with their overrides, runs done, searches still to run)."""
+    runs = study.runs(opts.methods, opts.budgets, opts.seeds)
+    needed = {r.search for r in runs if r.search}
+    todo_searches = [study.searches[s] for s in sorted(needed) if searched_values(study, study.searches[s], opts.out) is None]
+    todo, done = [], []
+    for run in runs:
+        searched = searched_values(study, study.searches[run.search], opts.out) if run.search else {}
+        overrides = study.run_overrides(run, opts.out, searched)
+        if run.search and searched is None:
+            todo.append((run, overrides))  # its overrides are known once the search is done
+            continue
+        fp = fingerprint(overrides)
+        _check_folder(run, opts.out, fp)
+        rec = read_record(record_path(run, opts.out))
+        finished = rec is not None and rec.get("status") == "done" and all(
+            eval_path(run, opts.out, c).is_file() for c in CONVENTIONS)
+        (done if finished else todo).append(run if finished else (run, overrides))
+    return todo, done, todo_searches
+
+
+def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
+    from ..progress import progress_bar
+
+    for name, values in (("--methods", opts.methods), ("--budgets", opts.budgets), ("--seeds", opts.seeds)):
+        allowed = {"--methods": list(study.methods), "--budgets": list(study.budgets), "--seeds": list(study.seeds)}[name]
+        bad = [v for v in values or [] if v not in allowed]
+        if bad:
+            raise ConfigError(f"{name}: {bad} not in the study file {study.source} ({allowed})")
+    if opts.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {opts.parallel}")
+    opts = dataclasses.replace(opts, out=opts.out.resolve())  # the commands may run in other folders (Ray)
+    check_study(study, opts.out)
+    todo, done, searches = plan_runs(study, opts)
+    log.info("study %s: %d run(s) done, %d to run, %d search(es) to run", study.name, len(done), len(todo), len(searches))
+    if opts.dry_run:
+        for s in searches:
+            print("search", s.name, " ".join(search_command(study, s, opts.out)))
+        for run, _ in todo:
+            print("run   ", run.key)
+        return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": []}
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "study.yaml").write_text(study.source.read_text())  # what these results come from
+    from ..tracking.search import ensure_experiment
+
+    ensure_experiment(*study.tracking(opts.out)[:1], study.experiment, study.tracking(opts.out)[1])
+    for s in searches:
+        log.info("search %s: %s", s.name, " ".join(search_command(study, s, opts.out)))
+        res = execute([search_command(study, s, opts.out)], str(opts.out / "logs" / f"search_{s.name}.log"),
+                      max(1, os.cpu_count() or 1))
+        if res["rc"]:
+            raise PscvError(f"search {s.name} failed (exit {res['rc']}); see {opts.out / 'logs' / f'search_{s.name}.log'}")
+    todo, done, _ = plan_runs(study, opts)  # the searched runs now have their values
+    failed = [run.key for run, _ in todo if run.search and searched_values(study, study.searches[run.search], opts.out) is None]
+    if failed:
+        log.warning("no best trial in search(es) %s: %s not run", sorted({r.search for r, _ in todo if r.search}), failed)
+        todo = [(run, o) for run, o in todo if run.key not in failed]
+    bar = progress_bar(total=len(todo) + len(done), initial=len(done), desc="study", unit="run")
+    with _Executor(opts) as pool:
+        futures = {}
+        for run, overrides in todo:
+            fp = fingerprint(overrides)
+            rec = {"run": run.key, "fingerprint": fp, "overrides": overrides, "status": "running", "started": time.time()}
+            write_json_atomic(rec, record_path(run, opts.out))
+            cmds = run_commands(study, run, opts.out, overrides)
+            futures[pool.submit(cmds, str(opts.out / "logs" / f"{run.method}_b{run.budget}_s{run.seed}.log"))] = (run, rec)
+        for fut, res in pool.as_completed(futures):
+            run, rec = futures[fut]
+            rec.update({k: v for k, v in res.items() if k != "rc"}, status="done" if res["rc"] == 0 else "failed",
+                       finished=time.time())
+            write_json_atomic(rec, record_path(run, opts.out))
+            if res["rc"]:
+                failed.append(run.key)
+                log.warning("run %s failed (%s, exit %d); see %s", run.key, res["failed"], res["rc"],
+                            opts.out / "logs" / f"{run.method}_b{run.budget}_s{run.seed}.log")
+            bar.update(1)
+    bar.close()
+    return {"done": len(done) + len(todo) - len(failed), "todo": 0, "searches": [s.name for s in searches],
+            "failed": failed}
+
+
+class _Executor:
+    """Local processes (``--parallel`` at once) or Ray tasks (``--address``), one interface."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.threads = max(1, (os.cpu_count() or 1) // opts.parallel)
+
+    def __enter__(self):
+        if self.opts.address:
+            import ray
+
+            ray.init(address=self.opts.address, log_to_driver=False)
+            self._task = ray.remote(num_cpus=self.opts.cpus_per_run, num_gpus=self.opts.gpus_per_run)(execute)
+        else:
+            self._pool = cf.ThreadPoolExecutor(max_workers=self.opts.parallel)
+        return self
+
+    def submit(self, cmds, log_file):
+        if self.opts.address:
+            return self._task.remote(cmds, log_file, max(1, int(self.opts.cpus_per_run)))
+        return self._pool.submit(execute, cmds, log_file, self.threads)
+
+    def as_completed(self, futures):
+        """(future, its result) as each finishes."""
+        if not self.opts.address:
+            for fut in cf.as_completed(futures):
+                yield fut, fut.result()
+            return
+        import ray
+
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ready[0], ray.get(ready[0])
+
+    def __exit__(self, *exc):
+        if self.opts.address:
+            import ray
+
+            ray.shutdown()
+        else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+

@@ -1,0 +1,154 @@
+"""`pscv study`: a tiny study on the phantom store, run for real (``pscv train`` and ``pscv evaluate``
+subprocesses, an MLflow sqlite store), resumed, refused where it must be, and its report's numbers
+checked against a computation from the evaluation files."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pscv_dist.cli import main as cli_main
+from pscv_dist.errors import ConfigError
+from pscv_dist.study import RunOptions, load_study, run_study, write_report
+from pscv_dist.study.plan import fingerprint
+from pscv_dist.study.report import paired_interval
+from pscv_dist.study.runner import eval_path, record_path
+
+ITERS = 4
+
+
+def study_file(tmp: Path, store: Path, **extra) -> Path:
+    raw = {"name": "tiny", "config": "cpu_quick",
+           "overrides": {"data.store": str(store), "data.batch_size": 4, "data.num_workers": 0, "model.base_width": 2,
+                         "augment.backend": "none", "train.val_every": 2, "train.ckpt_every": 2, "train.log_every": 2,
+                         "train.progress": False},
+           "train_split": "fold0/train", "eval_split": "fold0/val", "seeds": [0, 1], "budgets": [ITERS],
+           "reference": "pce", "upper": "fullsup",
+           "methods": {"pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pscv", "loss.lambda_cv": 0.01},
+                       "fullsup": {"loss.name": "fullsup"}},
+           "paper": {"pce": {"dsc": 0.722}}}
+    raw.update(extra)
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(phantom_store, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    path = study_file(tmp, phantom_store)
+    out = tmp / "out"
+    res = run_study(load_study(path), RunOptions(out=out, parallel=2))
+    return path, out, res
+
+
+def test_every_run_trains_and_is_scored_in_both_conventions(finished):
+    path, out, res = finished
+    study = load_study(path)
+    assert res["failed"] == [] and res["done"] == 6
+    for run in study.runs():
+        rec = json.loads(record_path(run, out).read_text())
+        assert rec["status"] == "done" and rec["train_s"] > 0 and rec["eval_s"] > 0
+        assert rec["fingerprint"] == fingerprint(rec["overrides"])
+        summary = json.loads((run.folder(out) / "summary.json").read_text())
+        assert summary["step"] == ITERS
+        for conv in ("strict", "literature"):
+            ev = json.loads(eval_path(run, out, conv).read_text())
+            assert ev["convention"] == conv and sorted(ev["per_class"]) == sorted(ev["per_class"])
+    # one MLflow store for the study, one run per (method, seed)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name("study-tiny")
+    names = sorted(r.info.run_name for r in client.search_runs([exp.experiment_id]))
+    assert names == sorted(run.key for run in study.runs())
+
+
+def test_a_finished_study_is_not_run_again_and_a_lost_evaluation_is_redone(finished):
+    path, out, _ = finished
+    study = load_study(path)
+    run = study.runs()[0]
+    mtimes = {r.key: (r.folder(out) / "summary.json").stat().st_mtime for r in study.runs()}
+    lost = eval_path(run, out, "literature")
+    kept = lost.read_text()
+    lost.unlink()
+    res = run_study(study, RunOptions(out=out))
+    assert res["failed"] == [] and lost.is_file() and json.loads(lost.read_text()) == json.loads(kept)
+    # nothing was trained again
+    assert mtimes == {r.key: (r.folder(out) / "summary.json").stat().st_mtime for r in study.runs()}
+
+
+def test_a_changed_method_is_refused_not_overwritten(finished, tmp_path):
+    path, out, _ = finished
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["pscv"]["loss.lambda_cv"] = 0.5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in (out / "runs" / "pscv").iterdir())
+    with pytest.raises(ConfigError, match=r"runs/pscv/b4_s0: holds run pscv/b4_s0 with other settings"):
+        run_study(load_study(changed), RunOptions(out=out))
+    assert sorted(p.name for p in (out / "runs" / "pscv").iterdir()) == before
+
+
+def test_the_report_agrees_with_the_evaluation_files(finished):
+    path, out, _ = finished
+    study = load_study(path)
+    rep = write_report(study, out)
+    text = Path(rep["report"]).read_text()
+    assert rep["finished"] == rep["total"] == 6
+    assert {Path(f).name for f in rep["figures"]} == {"curves.png", "overlays.png"}
+    dsc = {(r.method, r.seed): json.loads(eval_path(r, out, "strict").read_text())["mean_dsc"] for r in study.runs()}
+    # independent: mean ± sample std of pscv, the paired difference against pce and its t interval
+    p = [dsc["pscv", s] for s in (0, 1)]
+    d = [dsc["pscv", s] - dsc["pce", s] for s in (0, 1)]
+    half = 12.706204736174707 * np.std(d, ddof=1) / math.sqrt(2)  # t(0.975, 1) from a table
+    row = next(line for line in text.splitlines() if line.startswith("| `pscv` |") and "strict" not in line)
+    assert f"{np.mean(p):.3f} ± {np.std(p, ddof=1):.3f}" in row
+    assert f"{np.mean(d):+.3f} [{np.mean(d) - half:+.3f}, {np.mean(d) + half:+.3f}]" in row
+    full = np.mean([dsc["fullsup", s] for s in (0, 1)])
+    pce = np.mean([dsc["pce", s] for s in (0, 1)])
+    if full != pce:
+        assert f"{(np.mean(p) - pce) / (full - pce):+.0%}" in row
+    assert "| `pce` |" in text and "0.722" in text  # the paper's number beside ours
+    assert "### 4 iterations, `literature` convention" in text
+
+
+def test_paired_interval_pairs_only_common_seeds():
+    mean, half, n = paired_interval({0: 0.5, 1: 0.7, 2: 0.9}, {0: 0.4, 1: 0.4})
+    assert n == 2 and mean == pytest.approx(0.2) and half == pytest.approx(12.706204736 * 0.1414213562 / math.sqrt(2))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"methods": {"pce": {"loss.nope": 1}}, "upper": None}, "methods.pce: unknown config key loss.nope"),
+    ({"methods": {"pce": {"train.seed": 3}}, "upper": None}, "train.seed is set by the study"),
+    ({"eval_split": "fold7/val"}, "split 'fold7/val' not found"),
+    ({"reference": "ms"}, "reference: 'ms' is not a method"),
+    ({"budgets": [0]}, "budgets: expected a non-empty list of integers >= 1"),
+    ({"methods": {"pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pscv", "search": "nope"}}, "upper": None},
+     "search 'nope' is not in searches"),
+    ({"searches": {"cv": {"space": "tune/spaces/pscv.yaml", "train_split": "fold0/train", "val_split": "fold0/val"}},
+      "methods": {"pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pscv", "search": "cv"}}, "upper": None},
+     "a search must never see the patients it is scored on"),
+    ({"colour": "red"}, "unknown key(s) ['colour']"),
+])
+def test_bad_study_files_are_refused_in_one_line_before_anything_runs(phantom_store, tmp_path, capsys, edit, message):
+    path = study_file(tmp_path, phantom_store, **edit)
+    rc = cli_main(["study", "run", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_lists_the_runs_and_writes_nothing(phantom_store, tmp_path, capsys):
+    path = study_file(tmp_path, phantom_store)
+    assert cli_main(["study", "run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--methods", "pce"]) == 0
+    out = capsys.readouterr().out
+    assert "run    pce/b4_s0" in out and "run    pce/b4_s1" in out and "pscv/" not in out
+    assert not (tmp_path / "out").exists()
