@@ -142,12 +142,15 @@ def _need(cond: bool, where: str, msg: str) -> None:
         raise ConfigError(f"{where}: {msg}")
 
 
-def _overrides(raw: Any, where: str) -> tuple[str, ...]:
+SEARCH_KEYS = tuple(k for k in RUN_KEYS if k not in ("train.iterations", "train.seed"))  # a search's budget is its own
+
+
+def _overrides(raw: Any, where: str, reserved: tuple[str, ...] = RUN_KEYS) -> tuple[str, ...]:
     _need(raw is None or isinstance(raw, dict), where, f"expected a mapping of section.key: value, found {raw!r}")
     items = (raw or {}).items()
     for k, _ in items:
         _need(isinstance(k, str) and "." in k, where, f"expected section.key names, found {k!r}")
-        _need(k not in RUN_KEYS, where, f"{k} is set by the study for every run; it cannot be overridden")
+        _need(k not in reserved, where, f"{k} is set by the study for every run; it cannot be overridden")
     return tuple(f"{k}={_value(v)}" for k, v in items)
 
 
@@ -189,7 +192,7 @@ def load_study(path: str | Path) -> Study:
         for bad in ("--out", "--config", "--space", "--resume"):
             _need(bad not in args, where, f"{bad} is set by the study")
         searches[s] = Search(s, spec["space"], spec["train_split"], spec["val_split"],
-                             _overrides(spec.get("overrides"), f"{where}.overrides"), tuple(args))
+                             _overrides(spec.get("overrides"), f"{where}.overrides", SEARCH_KEYS), tuple(args))
     methods = raw["methods"]
     _need(isinstance(methods, dict) and methods, f"{path}: methods", f"expected a non-empty mapping, found {methods!r}")
     for m, spec in methods.items():
