@@ -96,9 +96,10 @@ class BatchSlots:
             v[slot].copy_(batch[k])
         return slot
 
-    def take(self, slot: int) -> dict[str, torch.Tensor]:
-        """A copy of the slot's batch (the slot is written again ``n`` steps later)."""
-        return {k: v[slot].clone() for k, v in self.bufs.items()}
+    def take(self, slot: int, pin: bool = False) -> dict[str, torch.Tensor]:
+        """A copy of the slot's batch (the slot is written again ``n`` steps later); in pinned
+        memory (torch's caching host allocator) for a non-blocking copy to a GPU when ``pin``."""
+        return {k: v[slot].pin_memory() if pin else v[slot].clone() for k, v in self.bufs.items()}
 
 
 class SlotBatches(Dataset):
@@ -135,7 +136,8 @@ class InputPipeline:
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank)
         steps = Steps(self.start_step, self.steps)
         if not workers:
-            for step, batch in zip(itertools.count(self.start_step), DataLoader(self.dataset, sampler=steps, batch_size=None)):
+            loader = DataLoader(self.dataset, sampler=steps, batch_size=None, pin_memory=self.on_gpu)
+            for step, batch in zip(itertools.count(self.start_step), loader):
                 yield self._finish(batch, step)
             return
         # new slots for every iteration: workers of an abandoned earlier iteration may still write
@@ -143,7 +145,7 @@ class InputPipeline:
         loader = DataLoader(SlotBatches(self.dataset, slots), sampler=steps, batch_size=None, num_workers=workers,
                             prefetch_factor=self.data.prefetch, persistent_workers=False, generator=gen)
         for step, slot in zip(itertools.count(self.start_step), loader):
-            yield self._finish(slots.take(slot), step)
+            yield self._finish(slots.take(slot, pin=self.on_gpu), step)
 
     def _finish(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, Any]:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
