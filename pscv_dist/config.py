@@ -102,6 +102,7 @@ class LossConfig:
     mu: float = 1e-5
     tau: float = 0.07
     cv_classes: str = "all"
+    cv_pool: str = "global"  # or P >= 2: positives and negatives from P images of the global batch
     gather_dtype: str = "float32"
     lambda_ms: float = 1e-3
     lambda_ent: float = 0.1
@@ -118,6 +119,9 @@ class LossConfig:
         from .losses.objectives import GATHER_DTYPES
 
         _choice("loss.cv_classes", self.cv_classes, CV_CLASSES)
+        self.cv_pool = str(self.cv_pool)
+        if self.cv_pool != "global" and not (self.cv_pool.isdigit() and int(self.cv_pool) >= 2):
+            raise ConfigError(f"loss.cv_pool={self.cv_pool!r}: expected 'global' or an integer >= 2 (images in the pool)")
         _choice("loss.gather_dtype", self.gather_dtype, tuple(GATHER_DTYPES))
         _range("loss.lambda_ms", self.lambda_ms, 0)
         _range("loss.lambda_ent", self.lambda_ent, 0)
@@ -238,6 +242,8 @@ def _coerce(key: str, value: Any, typ) -> Any:
             raise ConfigError(f"{key}={value!r}: expected a number")
         return float(value)
     if typ is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # YAML's 8 for a key like loss.cv_pool
+            value = str(value)
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a string")
         return value

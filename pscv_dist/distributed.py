@@ -124,6 +124,32 @@ def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     return _GatherWithGrad.apply(x, group)
 
 
+class _AllReduceWithGrad(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient: every rank's loss depends on the
+    sum, so each rank's input gets the sum of every rank's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        out = x.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum of ``x`` over the ranks, differentiable (identity without a process group). The bytes
+    each rank moves do not depend on the world size (ring all-reduce: 2(W-1)/W of ``x``)."""
+    if not _active(group):
+        return x
+    return _AllReduceWithGrad.apply(x, group)
+
+
 def gather_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     if not _active(group):
         return x

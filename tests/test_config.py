@@ -131,3 +131,19 @@ def test_train_refuses_before_starting(tmp_path, capsys):
     assert train_main(["loss.lambda_cv=abc", f"train.out_dir={tmp_path / 'run'}"]) == 2
     assert "loss.lambda_cv='abc': expected a number" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_cv_pool_is_global_or_an_image_count(tmp_path):
+    from pscv_dist.losses import build_objective
+
+    assert load_config(None, []).loss.cv_pool == "global"
+    yaml_int = tmp_path / "c.yaml"
+    yaml_int.write_text("loss: {cv_pool: 8}\n")
+    assert load_config(str(yaml_int), []).loss.cv_pool == "8"
+    cfg = load_config(None, ["loss.cv_pool=12"])
+    objective = build_objective(cfg.loss, 4, 4, seed=0)
+    assert objective.cv.pool == 12
+    assert build_objective(load_config(None, []).loss, 4, 4, seed=0).cv.pool is None
+    for bad in ("1", "0", "all", "-3", "2.5"):
+        with pytest.raises(ConfigError, match=f"loss.cv_pool='{bad}': expected 'global' or an integer >= 2"):
+            load_config(None, [f"loss.cv_pool={bad}"])

@@ -123,13 +123,14 @@ class PSCV(Objective):
 
     def __init__(self, num_classes, ignore_index, lambda_cv: float = 1e-3, mu: float = 1e-5, tau: float = 0.07,
                  cv_classes: str = "all", seed: int = 0, gather_dtype: torch.dtype | None = None,
-                 process_group=None, compile: bool = False, lambda_cv_warmup: int = 0):
+                 process_group=None, compile: bool = False, lambda_cv_warmup: int = 0, cv_pool: int | None = None):
         super().__init__(num_classes, ignore_index, process_group)
         if lambda_cv_warmup < 0:
             raise ValueError(f"lambda_cv_warmup must be >= 0, got {lambda_cv_warmup}")
         self.lambda_cv, self.mu, self.lambda_cv_warmup = lambda_cv, mu, int(lambda_cv_warmup)
         self.cv = ContrastiveVarianceLoss(tau=tau, seed=seed, gather_dtype=gather_dtype,
-                                          process_group=process_group, classes=cv_classes, compile=compile)
+                                          process_group=process_group, classes=cv_classes, compile=compile,
+                                          pool=cv_pool)
         self.start_step(0)
 
     @classmethod
@@ -138,7 +139,8 @@ class PSCV(Objective):
             raise ConfigError(f"loss.gather_dtype={loss_cfg.gather_dtype!r}: expected one of {tuple(GATHER_DTYPES)}")
         return cls(num_classes, ignore_index, lambda_cv=loss_cfg.lambda_cv, mu=loss_cfg.mu, tau=loss_cfg.tau,
                    cv_classes=loss_cfg.cv_classes, seed=seed, gather_dtype=GATHER_DTYPES[loss_cfg.gather_dtype],
-                   process_group=process_group, compile=compile, lambda_cv_warmup=loss_cfg.lambda_cv_warmup)
+                   process_group=process_group, compile=compile, lambda_cv_warmup=loss_cfg.lambda_cv_warmup,
+                   cv_pool=None if loss_cfg.cv_pool == "global" else int(loss_cfg.cv_pool))
 
     def lambda_cv_at(self, step: int) -> float:
         """λ_cv(t) = λ_cv · min(1, (t + 1) / warmup), or λ_cv without a warm-up."""

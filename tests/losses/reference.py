@@ -2,8 +2,9 @@
 import math
 
 
-def cv_reference(probs, images, present, positives, tau, classes="all", eps=1e-8):
-    """Mean over images of Σ_anchors ℓ(n, k); positives[n][k] = m or -1 (given, not drawn)."""
+def cv_reference(probs, images, present, positives, tau, classes="all", eps=1e-8, pool=None):
+    """Mean over images of Σ_anchors ℓ(n, k); positives[n][k] = m or -1 (given, not drawn);
+    negatives only from the images in ``pool`` when given."""
     b, kk = probs.shape[:2]
     ks = list(range(kk)) if classes == "all" else list(range(1, kk))
     maps = {}
@@ -22,7 +23,8 @@ def cv_reference(probs, images, present, positives, tau, classes="all", eps=1e-8
                 continue
             s_pos = float(maps[n, k] @ maps[m, k]) / tau
             terms = [s_pos] + [float(maps[n, k] @ maps[i, j]) / tau
-                               for i in range(b) for j in ks if i != n and j != k and present[i, j]]
+                               for i in range(b) for j in ks if i != n and j != k and present[i, j]
+                               and (pool is None or i in pool)]
             top = max(terms)
             total += top + math.log(sum(math.exp(t - top) for t in terms)) - s_pos
     return total / b

@@ -74,6 +74,38 @@ def test_matches_loop_reference(classes, seed):
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("classes", ["all", "foreground"])
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_a_bounded_pool_matches_the_loop_reference_on_that_pool(classes, size):
+    from pscv_dist.losses.contrastive import draw_pool
+
+    probs, images, present = _random_case(b=7, seed=size)
+    loss = ContrastiveVarianceLoss(tau=0.1, seed=3, classes=classes, pool=size)(probs, images, present, 9)
+    pool = draw_pool(7, size, 3, 9).tolist()
+    assert len(set(pool)) == size and pool == sorted(pool)
+    cand = present & torch.tensor([i in pool for i in range(7)])[:, None]
+    pos = draw_positives(cand, 3, 9)
+    assert all(m in pool for m in pos.flatten().tolist() if m >= 0)
+    expected = cv_reference(probs, images, present, pos.tolist(), 0.1, classes, pool=pool)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_pool_as_large_as_the_batch_is_the_global_loss():
+    probs, images, present = _random_case(b=5, seed=7)
+    ref = ContrastiveVarianceLoss(tau=0.1, seed=3)(probs, images, present, 4)
+    for size in (5, 50):
+        assert ContrastiveVarianceLoss(tau=0.1, seed=3, pool=size)(probs, images, present, 4).item() == ref.item()
+
+
+def test_pools_differ_between_steps_and_cover_the_batch():
+    from pscv_dist.losses.contrastive import draw_pool
+
+    pools = [tuple(draw_pool(12, 4, 0, s).tolist()) for s in range(300)]
+    assert len(set(pools)) > 200
+    counts = torch.bincount(torch.tensor(pools).flatten(), minlength=12).double()
+    assert counts.min() > 0.7 * counts.mean()  # every image gets into pools about equally (300·4/12 = 100)
+
+
 def test_gradcheck():
     probs, images, present = _random_case(b=3, k=3, h=3, w=3, seed=4)
     logits = probs.log().detach().requires_grad_(True)
@@ -129,6 +161,9 @@ def test_ill_options_and_shapes():
         ContrastiveVarianceLoss(classes="some")
     with pytest.raises(ValueError, match="gather_dtype"):
         ContrastiveVarianceLoss(gather_dtype=torch.int8)
+    for bad in (1, 0, True, 2.5):
+        with pytest.raises(ValueError, match="pool must be None"):
+            ContrastiveVarianceLoss(pool=bad)
     loss = ContrastiveVarianceLoss()
     with pytest.raises(ValueError, match=r"present must be bool \(B, K\) = \(2, 3\)"):
         loss(torch.rand(2, 3, 4, 4), torch.rand(2, 1, 4, 4), torch.ones(2, 2, dtype=torch.bool), 0)

@@ -29,7 +29,10 @@ def scenarios(world):
     present[n - 1, 2] = True  # class 2 in one image: its anchor has no positive
     out = [("all", {}, probs, images, present),
            ("foreground", {"classes": "foreground"}, probs, images, present),
-           ("absent-on-some-rank", {}, probs, images, present & (torch.arange(n)[:, None] < B_PER_RANK + 1))]
+           ("absent-on-some-rank", {}, probs, images, present & (torch.arange(n)[:, None] < B_PER_RANK + 1)),
+           # a bounded pool smaller than one rank's batch, and one spanning ranks unevenly
+           ("pool-2", {"pool": 2}, probs, images, present),
+           ("pool-4-foreground", {"pool": 4, "classes": "foreground"}, probs, images, present)]
     return out
 
 
