@@ -3,7 +3,7 @@
 Each run is a normal ``pscv train`` (a subprocess, tracked in the study's MLflow store) followed by
 ``pscv evaluate`` of its final checkpoint on the eval split in both conventions. What a run
 did is recorded beside its folder, ``runs/<method>/b<budget>_s<seed>.json``:
-``{"status": "done"|"failed", "fingerprint", "overrides", "train_s", "eval_s", ...}``.
+``{"status": "submitted"|"done"|"failed", "fingerprint", "overrides", "train_s", "eval_s", ...}``.
 
 - A finished run (record ``done`` with the same fingerprint) is skipped; an interrupted one is
   started again and the trainer resumes it from its last checkpoint; an evaluation that is
@@ -203,7 +203,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
         futures = {}
         for run, overrides in todo:
             fp = fingerprint(overrides)
-            rec = {"run": run.key, "fingerprint": fp, "overrides": overrides, "status": "running", "started": time.time()}
+            rec = {"run": run.key, "fingerprint": fp, "overrides": overrides, "status": "submitted", "submitted": time.time()}
             write_json_atomic(rec, record_path(run, opts.out))
             cmds = run_commands(study, run, opts.out, overrides)
             futures[pool.submit(cmds, str(opts.out / "logs" / f"{run.method}_b{run.budget}_s{run.seed}.log"))] = (run, rec)

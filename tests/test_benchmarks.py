@@ -1,0 +1,48 @@
+"""The benchmark scripts that CI cannot time still run: the GPU check says there is no GPU, and its
+code runs on the CPU at toy sizes; the CV pool benchmark's byte model is the loss's."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_check_says_there_is_no_gpu_and_measures_nothing():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check would run for real")
+    proc = _run("benchmarks/gpu_check.py")
+    assert proc.returncode == 0 and "no GPU here" in proc.stdout and "img/s" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_code_runs_on_the_cpu(tmp_path):
+    proc = _run("benchmarks/gpu_check.py", "--device", "cpu", "--size", "32", "--batch", "4", "--steps", "2",
+                "--skip", "compile", "--workers", "1", "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert set(res["steps"]) == {"fp32 channels_last eager bare", "fp32 channels_last eager ours"}
+    assert all(v["images_per_s"] > 0 for v in res["steps"].values())
+    assert 0 <= res["stall"]["kornia"]["waiting_share"] < 1
+
+
+def test_pool_bytes_follow_the_collectives_sizes():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_cv_pool import bytes_per_step
+
+    b, k, d = 12, 4, 256 * 256
+    # global: (W-1)·b·K·D fp32 values received forward, as many backward: W=64 -> 2 · 756 MiB
+    assert bytes_per_step(64, b, k, d, None) / 2**20 == pytest.approx(2 * 756, rel=1e-12)
+    # pool of 12: two ring all-reduces of a (12, K, D) buffer, 2(W-1)/W of it each
+    assert bytes_per_step(64, b, k, d, 12) == pytest.approx(2 * 2 * 63 / 64 * 12 * k * d * 4)
+    assert bytes_per_step(2, b, k, d, 50) == bytes_per_step(2, b, k, d, None)  # P >= N is the global pool
