@@ -46,3 +46,13 @@ def test_pool_bytes_follow_the_collectives_sizes():
     # pool of 12: two ring all-reduces of a (12, K, D) buffer, 2(W-1)/W of it each
     assert bytes_per_step(64, b, k, d, 12) == pytest.approx(2 * 2 * 63 / 64 * 12 * k * d * 4)
     assert bytes_per_step(2, b, k, d, 50) == bytes_per_step(2, b, k, d, None)  # P >= N is the global pool
+
+
+def test_loss_scales_prints_every_term_against_pce(phantom_store):
+    proc = _run("benchmarks/loss_scales.py", str(phantom_store), "--batches", "1", "--batch", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("init ")]
+    assert [r[1] for r in rows] == ["pCE", "MS", "CV", "EntMini", "TV"]
+    assert rows[0][3:] == ["1", "1", "1"]  # pCE against itself
+    for r in rows[1:]:  # λ* is pCE's parameter-gradient norm over the term's: their ratio's inverse
+        assert float(r[5]) == pytest.approx(1 / float(r[4]), rel=6e-3)  # λ* printed to 3 digits
