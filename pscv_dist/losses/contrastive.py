@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_reduce_with_grad, gather_no_grad, gather_with_grad, rank_in
-from .functional import EPS, unit_variance_maps
+from .functional import EPS, unit_variance_maps, unit_variance_maps_autograd
 
 CV_CLASSES = ("all", "foreground")
 
@@ -87,7 +87,7 @@ class ContrastiveVarianceLoss(nn.Module):
             raise ValueError(f"pool must be None (global) or an integer >= 2, got {pool!r}")
         self.tau, self.seed, self.gather_dtype, self.pool = float(tau), int(seed), gather_dtype, pool
         self.process_group, self.classes, self.eps = process_group, classes, float(eps)
-        self._unit_maps = torch.compile(unit_variance_maps, dynamic=False) if compile else unit_variance_maps
+        self._unit_maps = torch.compile(unit_variance_maps_autograd, dynamic=False) if compile else unit_variance_maps
 
     def forward(self, probs: torch.Tensor, images: torch.Tensor, present: torch.Tensor, step: int) -> torch.Tensor:
         if present.dtype != torch.bool or present.shape != probs.shape[:2]:

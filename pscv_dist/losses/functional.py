@@ -99,10 +99,51 @@ def variance_maps(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -
     return (x - c) ** 2 * p
 
 
+def unit_variance_maps_autograd(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """:func:`unit_variance_maps` through autograd's generic backward (what ``torch.compile`` fuses)."""
+    return F.normalize(variance_maps(probs, images, eps), dim=-1, eps=eps)
+
+
+class _UnitVarianceMaps(torch.autograd.Function):
+    """ẑ = z / max(‖z‖, eps), z = (x - c)² p, c = Σxp / (Σp + eps), per (image, class) over pixels,
+    with the backward written out (p the only input with a gradient):
+
+        g_z = (g - ẑ (g·ẑ) [‖z‖ > eps]) / max(‖z‖, eps)
+        ∂L/∂c = -2 Σ_r g_z (x - c) p          (c's dependence: ∂c/∂p_r = (x_r - c) / (Σp + eps))
+        ∂L/∂p = g_z (x - c)² + ∂L/∂c · (x - c) / (Σp + eps)
+
+    Four passes over the (B, K, D) maps each way instead of autograd's dozen (a 256² batch of 12:
+    ~2.3x faster on a CPU core); gradcheck-tested against the autograd version."""
+
+    @staticmethod
+    def forward(ctx, p, x, eps):
+        s = p.sum(-1, keepdim=True).add_(eps)
+        c = (x * p).sum(-1, keepdim=True).div_(s)
+        d = x - c
+        z = d.square().mul_(p)
+        n = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+        nc = n.clamp_min(eps)
+        zh = z.div_(nc)
+        ctx.save_for_backward(p, d, zh, nc, s, n > eps)
+        return zh
+
+    @staticmethod
+    def backward(ctx, g):
+        p, d, zh, nc, s, big = ctx.saved_tensors
+        gz = torch.addcmul(g, zh, (g * zh).sum(-1, keepdim=True) * big, value=-1).div_(nc)
+        gd = gz * d
+        gc = (gd * p).sum(-1, keepdim=True).mul_(-2)
+        return gd.mul_(d).add_(d * (gc / s)), None, None
+
+
 def unit_variance_maps(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Variance maps scaled to unit L2 norm, ``ẑ = z / max(‖z‖, eps)`` (the eps-safe cosine's input):
-    (B, K, H·W). Pure elementwise work plus two reductions, so ``torch.compile`` fuses it."""
-    return F.normalize(variance_maps(probs, images, eps), dim=-1, eps=eps)
+    (B, K, H·W), with a hand-written backward (:class:`_UnitVarianceMaps`); through autograd when
+    the images need a gradient too."""
+    _check_probs(probs, images)
+    if images.requires_grad:
+        return unit_variance_maps_autograd(probs, images, eps)
+    return _UnitVarianceMaps.apply(probs.flatten(2), images.flatten(2).to(probs.dtype), float(eps))
 
 
 def total_variation(probs: torch.Tensor) -> torch.Tensor:

@@ -88,3 +88,27 @@ def test_ill_inputs():
         partial_cross_entropy(torch.rand(1, 2, 2, 2), torch.zeros(1, 3, 2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="probs must be"):
         total_variation(torch.rand(2, 2, 2))
+
+
+def test_unit_variance_maps_backward_matches_autograd_and_gradcheck():
+    from pscv_dist.losses.functional import unit_variance_maps, unit_variance_maps_autograd
+
+    g = torch.Generator().manual_seed(3)
+    probs = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64).softmax(1)
+    images = torch.rand(3, 1, 5, 6, generator=g, dtype=torch.float64)
+    probs[0, 2] = 0.0  # a class with no mass: z = 0, the eps branch of the norm
+    w = torch.randn(3, 4, 30, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (unit_variance_maps, unit_variance_maps_autograd):
+        p = probs.clone().requires_grad_(True)
+        out = fn(p, images)
+        (out * w).sum().backward()
+        grads.append((out.detach(), p.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-12)
+    q = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64).softmax(1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: unit_variance_maps(t, images[:2, :, :3, :4]), (q,))
+    # images with a gradient go through autograd (the hand-written backward has none for them)
+    im = images.clone().requires_grad_(True)
+    unit_variance_maps(probs, im).sum().backward()
+    assert im.grad is not None
