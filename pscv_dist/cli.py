@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", help="comma-separated subset of its budgets")
     p.add_argument("--seeds", help="comma-separated subset of its seeds")
     p.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (threads split evenly)")
-    p.add_argument("--address", help="run each run as a Ray task on this cluster (auto or ray://HOST:10001)")
+    p.add_argument("--address", help="run each run as a Ray task: auto or ray://HOST:10001 (a cluster), local (a fresh Ray here)")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --address: CPUs each run asks Ray for")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="with --address: GPUs each run asks Ray for")
     p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")

@@ -152,3 +152,21 @@ def test_dry_run_lists_the_runs_and_writes_nothing(phantom_store, tmp_path, caps
     out = capsys.readouterr().out
     assert "run    pce/b4_s0" in out and "run    pce/b4_s1" in out and "pscv/" not in out
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_runs_go_to_a_real_local_ray_as_tasks(phantom_store, tmp_path):
+    """--address: each run is a Ray task (here a fresh local Ray, 2 CPUs); same records, same files."""
+    import subprocess
+    import sys
+
+    path = study_file(tmp_path, phantom_store, seeds=[0], methods={"pce": {"loss.name": "pce"}}, upper=None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-m", "pscv_dist.cli", "study", "run", str(path), "--out", str(tmp_path / "out"),
+                           "--address", "local", "--cpus-per-run", "1", "--no-overlays"],
+                          env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run = load_study(path).runs()[0]
+    rec = json.loads(record_path(run, tmp_path / "out").read_text())
+    assert rec["status"] == "done" and eval_path(run, tmp_path / "out", "literature").is_file()
+    assert "1 of 1 runs finished" in proc.stdout
