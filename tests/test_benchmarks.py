@@ -56,3 +56,17 @@ def test_loss_scales_prints_every_term_against_pce(phantom_store):
     assert rows[0][3:] == ["1", "1", "1"]  # pCE against itself
     for r in rows[1:]:  # λ* is pCE's parameter-gradient norm over the term's: their ratio's inverse
         assert float(r[5]) == pytest.approx(1 / float(r[4]), rel=6e-3)  # λ* printed to 3 digits
+
+
+@pytest.mark.slow
+def test_bench_flops_counts_the_step_and_prints_shares_of_the_measured_peaks():
+    proc = subprocess.run([sys.executable, "bench_flops.py", "--size", "32", "--batch", "2", "--steps", "1"],
+                          cwd=ROOT / "benchmarks", env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    gflop = float(proc.stdout.split("forward + backward): ")[1].split()[0])
+    assert gflop > 0
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("bare", "trainer"))}
+    assert set(rows) == {"bare", "trainer"}
+    # GFLOP/s column = counted FLOPs / step time (printed with rounding)
+    ms, rate = float(rows["trainer"][1]), float(rows["trainer"][2])
+    assert rate == pytest.approx(gflop / (ms / 1e3), rel=0.05, abs=0.15)
