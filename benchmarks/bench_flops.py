@@ -75,7 +75,7 @@ def main():
     print(f"{'step':<10}{'ms':>9}{'GFLOP/s':>10}{'of conv':>9}{'of GEMM':>9}")
     for name, t in (("bare loop", t_bare), ("trainer", t_ours)):
         rate = flops / t
-        print(f"{name:<10}{t * 1e3:>9.0f}{rate / 1e9:>10.1f}{rate / peaks['conv3x3']:>9.0%}{rate / peaks['gemm']:>9.0%}")
+        print(f"{name:<10}{t * 1e3:>9.1f}{rate / 1e9:>10.1f}{rate / peaks['conv3x3']:>9.0%}{rate / peaks['gemm']:>9.0%}")
 
 
 if __name__ == "__main__":
