@@ -136,7 +136,7 @@ class InputPipeline:
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank)
         steps = Steps(self.start_step, self.steps)
         if not workers:
-            loader = DataLoader(self.dataset, sampler=steps, batch_size=None, pin_memory=self.on_gpu)
+            loader = DataLoader(self.dataset, sampler=steps, batch_size=None, pin_memory=self.on_gpu, generator=gen)
             for step, batch in zip(itertools.count(self.start_step), loader):
                 yield self._finish(batch, step)
             return

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.distributed as dist
 import torch.nn.functional as F
 
@@ -108,7 +109,7 @@ class _UnitVarianceMaps(torch.autograd.Function):
     """ẑ = z / max(‖z‖, eps), z = (x - c)² p, c = Σxp / (Σp + eps), per (image, class) over pixels,
     with the backward written out (p the only input with a gradient):
 
-        g_z = (g - ẑ (g·ẑ) [‖z‖ > eps]) / max(‖z‖, eps)
+        g_z = (g - ẑ (g·ẑ) [‖z‖ ≥ eps]) / max(‖z‖, eps)
         ∂L/∂c = -2 Σ_r g_z (x - c) p          (c's dependence: ∂c/∂p_r = (x_r - c) / (Σp + eps))
         ∂L/∂p = g_z (x - c)² + ∂L/∂c · (x - c) / (Σp + eps)
 
@@ -124,10 +125,11 @@ class _UnitVarianceMaps(torch.autograd.Function):
         n = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
         nc = n.clamp_min(eps)
         zh = z.div_(nc)
-        ctx.save_for_backward(p, d, zh, nc, s, n > eps)
+        ctx.save_for_backward(p, d, zh, nc, s, n >= eps)  # clamp_min passes the gradient at n == eps
         return zh
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         p, d, zh, nc, s, big = ctx.saved_tensors
         gz = torch.addcmul(g, zh, (g * zh).sum(-1, keepdim=True) * big, value=-1).div_(nc)

@@ -57,6 +57,14 @@ class Search:
     def folder(self, out: Path) -> Path:
         return out / "searches" / self.name
 
+    def fingerprint(self, study_overrides: tuple[str, ...]) -> str:
+        """What makes a finished search the one asked for now: its space file's text, splits,
+        overrides (the study's and its own) and ``pscv tune`` options."""
+        space = Path(self.space).read_text() if Path(self.space).is_file() else ""
+        what = {"space": space, "train_split": self.train_split, "val_split": self.val_split,
+                "overrides": [*study_overrides, *self.overrides], "args": list(self.args)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -229,9 +237,10 @@ def check_study(study: Study, out: Path) -> None:
         store = stores.setdefault(cfg.data.store, SliceStore(cfg.data.store))
         for split in (study.train_split, study.eval_split):
             try:
-                store.split(split)
+                cases = store.split(split)
             except KeyError as exc:
                 raise ConfigError(f"{where}: {exc.args[0]}") from None
+            _need(bool(cases), where, f"split {split!r} holds no case in {cfg.data.store}")
     for s in study.searches.values():
         where = f"{study.source}: searches.{s.name}"
         _need(Path(s.space).is_file(), where, f"space file {s.space} not found")
@@ -246,6 +255,7 @@ def check_study(study: Study, out: Path) -> None:
                 cases = store.split(split)
             except KeyError as exc:
                 raise ConfigError(f"{where}: {exc.args[0]}") from None
+            _need(bool(cases), where, f"split {split!r} holds no case")
             seen = sorted(evaluated.intersection(cases))
             _need(not seen, where, f"{split} holds {len(seen)} case(s) of the eval split {study.eval_split} "
                                    f"(e.g. {seen[0] if seen else ''}): a search must never see the patients it is scored on")

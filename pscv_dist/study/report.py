@@ -17,17 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from .plan import Run, Study
-from .runner import CONVENTIONS, eval_path, read_record, record_path
+from .plan import Run, Study, fingerprint
+from .runner import CONVENTIONS, eval_path, read_record, record_path, searched_values
 
 
 def collect(study: Study, out: Path) -> list[dict[str, Any]]:
-    """One row per finished run: its evaluations (both conventions), wall time and val curve."""
+    """One row per finished run of the study file as it is now: its evaluations (both
+    conventions), wall time and val curve. A run made with other settings is left out."""
     rows = []
     for run in study.runs():
         rec = read_record(record_path(run, out))
         evals = {c: read_record(eval_path(run, out, c)) for c in CONVENTIONS}
         if not rec or rec.get("status") != "done" or None in evals.values():
+            continue
+        searched = searched_values(study, study.searches[run.search], out) if run.search else {}
+        if searched is None or rec.get("fingerprint") != fingerprint(study.run_overrides(run, out, searched)):
             continue
         curve = []
         log = run.folder(out) / "train_log.jsonl"
@@ -83,7 +87,8 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
             classes = list(at[0]["evals"][conv]["per_class"])
             unit = "mm" if "mean_hd95_mm" in at[0]["evals"][conv] else "px"
             by_method = {m: [r for r in at if r["run"].method == m] for m in study.methods}
-            dsc = {m: {r["run"].seed: r["evals"][conv]["mean_dsc"] for r in rs} for m, rs in by_method.items()}
+            dsc = {m: {r["run"].seed: r["evals"][conv]["mean_dsc"] for r in rs if r["evals"][conv]["mean_dsc"] is not None}
+                   for m, rs in by_method.items()}
             ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
             ref_mean = np.mean(list(ref.values())) if ref else None
             up_mean = np.mean(list(up.values())) if up else None
@@ -101,7 +106,8 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                                                  if not math.isnan(diff[1]) else f"{diff[0]:+.3f} (n=1)")
                 gap = "—"
                 if ref_mean is not None and up_mean is not None and up_mean != ref_mean and m not in (study.reference, study.upper):
-                    gap = f"{(np.mean(list(dsc[m].values())) - ref_mean) / (up_mean - ref_mean):+.0%}"
+                    if dsc[m]:
+                        gap = f"{(np.mean(list(dsc[m].values())) - ref_mean) / (up_mean - ref_mean):+.0%}"
                 paper = study.paper.get(m, {})
                 cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
                          *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
@@ -144,7 +150,7 @@ def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path 
 
 def overlays_figure(study: Study, rows: list[dict[str, Any]], out: Path, path: Path, n_slices: int = 3) -> Path | None:
     """The same eval slices (the middle slices of the first eval case) under every method's
-    final model (first seed, largest budget with every method finished)."""
+    final model (first seed, the largest budget any method finished; methods without it are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +216,13 @@ def search_figure(study: Study, out: Path, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(found), figsize=(5.5 * len(found), 4.2), squeeze=False)
     for ax, (s, csv_path) in zip(axes[0], found):
         rows = [r for r in csv.DictReader(csv_path.open()) if r.get("best_dsc")]
-        keys = [k for k in rows[0] if "." in k] if rows else []
+
+        def numeric(k):
+            try:
+                return all(float(r[k]) == float(r[k]) for r in rows)
+            except ValueError:
+                return False
+        keys = [k for k in rows[0] if "." in k and numeric(k)] if rows else []  # choice/grid strings left out
         if len(keys) >= 2:
             x, y = [float(r[keys[0]]) for r in rows], [float(r[keys[1]]) for r in rows]
             sc = ax.scatter(x, y, c=[float(r["best_dsc"]) for r in rows], cmap="viridis", s=60, edgecolors="k")

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, PscvError
+from ..errors import ConfigError
 from ..files import write_json_atomic
 from .plan import Run, Search, Study, check_study, fingerprint
 
@@ -65,11 +65,27 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
+SEARCH_RECORD = "study_search.json"  # in a search folder: the fingerprint of the search it holds
+
+
+def check_search_folder(study: Study, search: Search, out: Path) -> None:
+    """A search folder holds the search the study file asks for now, or nothing."""
+    rec = read_record(search.folder(out) / SEARCH_RECORD)
+    fp = search.fingerprint(study.overrides)
+    if rec is not None and rec.get("fingerprint") != fp:
+        raise ConfigError(f"{search.folder(out)}: holds search {search.name} with other settings than the study file "
+                          f"now gives (space, splits, overrides or options changed); move it away or choose another --out")
+    if rec is None and search.folder(out).exists() and any(search.folder(out).iterdir()):
+        raise ConfigError(f"{search.folder(out)}: exists and is not a search of this study (no {SEARCH_RECORD}); "
+                          "move it away or choose another --out")
+
+
 def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] | None:
     """The searched keys' values in the best trial's config, or None before the search is done."""
     best = search.folder(out) / "best_config.yaml"
     if not best.is_file():
         return None
+    check_search_folder(study, search, out)
     cfg = yaml.safe_load(best.read_text())
     space = yaml.safe_load(Path(search.space).read_text())
     values = {}
@@ -83,9 +99,23 @@ def _python() -> list[str]:
     return [sys.executable, "-m", "pscv_dist.cli"]
 
 
+def _resumable(folder: Path) -> bool:
+    """An interrupted search Ray Tune can restore (its state was saved), not one killed before."""
+    if not (folder / "search.json").is_file():
+        return False
+    from ray import tune
+
+    from ..tune.search import EXPERIMENT, RAY_DIR
+
+    return tune.Tuner.can_restore(str(folder / RAY_DIR / EXPERIMENT))
+
+
 def search_command(study: Study, search: Search, out: Path) -> list[str]:
     folder = search.folder(out)
-    resume = (folder / "search.json").is_file()
+    resume = _resumable(folder)
+    if not resume and (folder / "search.json").is_file():
+        raise ConfigError(f"{folder}: holds a search that stopped before Ray Tune saved any state; "
+                          "it cannot be resumed: move it away and run the study again")
     cmd = [*_python(), "tune", "--out", str(folder)]
     if resume:
         return [*cmd, "--resume", *search.args]
@@ -145,6 +175,8 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
     """(runs to do with their overrides, runs done, searches still to run)."""
     runs = study.runs(opts.methods, opts.budgets, opts.seeds)
     needed = {r.search for r in runs if r.search}
+    for name in sorted(needed):
+        check_search_folder(study, study.searches[name], opts.out)
     todo_searches = [study.searches[s] for s in sorted(needed) if searched_values(study, study.searches[s], opts.out) is None]
     todo, done = [], []
     for run in runs:
@@ -187,30 +219,44 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
     from ..tracking.search import ensure_experiment
 
     ensure_experiment(*study.tracking(opts.out)[:1], study.experiment, study.tracking(opts.out)[1])
-    for s in searches:
-        log.info("search %s: %s", s.name, " ".join(search_command(study, s, opts.out)))
-        res = execute([search_command(study, s, opts.out)], str(opts.out / "logs" / f"search_{s.name}.log"),
-                      max(1, os.cpu_count() or 1))
+    for s in searches:  # a search that fails leaves its runs out; the others still run
+        logf = opts.out / "logs" / f"search_{s.name}.log"
+        try:
+            cmd = search_command(study, s, opts.out)
+        except ConfigError as exc:
+            log.warning("search %s not run: %s", s.name, exc)
+            continue
+        s.folder(opts.out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic({"search": s.name, "fingerprint": s.fingerprint(study.overrides)},
+                          s.folder(opts.out) / SEARCH_RECORD)
+        res = execute([cmd], str(logf), max(1, os.cpu_count() or 1))
         if res["rc"]:
-            raise PscvError(f"search {s.name} failed (exit {res['rc']}); see {opts.out / 'logs' / f'search_{s.name}.log'}")
+            log.warning("search %s failed (exit %d); see %s", s.name, res["rc"], logf)
     todo, done, _ = plan_runs(study, opts)  # the searched runs now have their values
-    failed = [run.key for run, _ in todo if run.search and searched_values(study, study.searches[run.search], opts.out) is None]
-    if failed:
-        log.warning("no best trial in search(es) %s: %s not run", sorted({r.search for r, _ in todo if r.search}), failed)
-        todo = [(run, o) for run, o in todo if run.key not in failed]
+    skipped = [run.key for run, _ in todo if run.search and searched_values(study, study.searches[run.search], opts.out) is None]
+    if skipped:
+        log.warning("no best trial in search(es) %s: %s not run", sorted({r.search for r, _ in todo if r.search}), skipped)
+        todo = [(run, o) for run, o in todo if run.key not in skipped]
+    failed = []
     bar = progress_bar(total=len(todo) + len(done), initial=len(done), desc="study", unit="run")
     with _Executor(opts) as pool:
         futures = {}
         for run, overrides in todo:
             fp = fingerprint(overrides)
-            rec = {"run": run.key, "fingerprint": fp, "overrides": overrides, "status": "submitted", "submitted": time.time()}
+            old = read_record(record_path(run, opts.out)) or {}
+            rec = {**{k: old[k] for k in ("train_s",) if k in old},  # a run that only re-evaluates keeps its time
+                   "run": run.key, "fingerprint": fp, "overrides": overrides, "status": "submitted", "submitted": time.time()}
             write_json_atomic(rec, record_path(run, opts.out))
             cmds = run_commands(study, run, opts.out, overrides)
             futures[pool.submit(cmds, str(opts.out / "logs" / f"{run.method}_b{run.budget}_s{run.seed}.log"))] = (run, rec)
         for fut, res in pool.as_completed(futures):
             run, rec = futures[fut]
-            rec.update({k: v for k, v in res.items() if k != "rc"}, status="done" if res["rc"] == 0 else "failed",
-                       finished=time.time())
+            for k, v in res.items():
+                if k.endswith("_s"):  # a resumed run adds the time of this attempt to the earlier ones
+                    rec[k] = v + (rec.get(k, 0.0) if k == "train_s" else 0.0)
+                elif k != "rc":
+                    rec[k] = v
+            rec.update(status="done" if res["rc"] == 0 else "failed", finished=time.time())
             write_json_atomic(rec, record_path(run, opts.out))
             if res["rc"]:
                 failed.append(run.key)
@@ -219,7 +265,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
             bar.update(1)
     bar.close()
     return {"done": len(done) + len(todo) - len(failed), "todo": 0, "searches": [s.name for s in searches],
-            "failed": failed}
+            "failed": failed + skipped}
 
 
 class _Executor:
@@ -245,17 +291,25 @@ class _Executor:
         return self._pool.submit(execute, cmds, log_file, self.threads)
 
     def as_completed(self, futures):
-        """(future, its result) as each finishes."""
+        """(future, its result) as each finishes; a task that raised (a lost Ray worker, a log file
+        that cannot be written) is a failed run, not the end of the study."""
         if not self.opts.address:
             for fut in cf.as_completed(futures):
-                yield fut, fut.result()
+                try:
+                    yield fut, fut.result()
+                except Exception as exc:
+                    yield fut, {"rc": -1, "failed": f"{type(exc).__name__}: {exc}"[:300]}
             return
         import ray
 
         pending = list(futures)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            yield ready[0], ray.get(ready[0])
+            try:
+                res = ray.get(ready[0])
+            except Exception as exc:
+                res = {"rc": -1, "failed": f"{type(exc).__name__}: {exc}"[:300]}
+            yield ready[0], res
 
     def __exit__(self, *exc):
         if self.opts.address:

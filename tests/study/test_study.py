@@ -170,3 +170,27 @@ def test_runs_go_to_a_real_local_ray_as_tasks(phantom_store, tmp_path):
     rec = json.loads(record_path(run, tmp_path / "out").read_text())
     assert rec["status"] == "done" and eval_path(run, tmp_path / "out", "literature").is_file()
     assert "1 of 1 runs finished" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_searched_method_trains_with_the_best_trials_values(phantom_store, tmp_path):
+    """A real Ray Tune search on the inner split (2 trials), then the run with its best value; an
+    edited space file afterwards is refused, not silently reused."""
+    space = tmp_path / "lr.yaml"
+    space.write_text("optim.lr: {type: grid, values: [0.1, 1.0e-7]}\n")
+    path = study_file(tmp_path, phantom_store, seeds=[0], upper=None, methods={
+        "pce": {"loss.name": "pce"}, "pce_lr": {"loss.name": "pce", "search": "lr"}},
+        searches={"lr": {"space": str(space), "train_split": "fold0/train&fold1/train", "val_split": "fold1/val",
+                         "overrides": {"train.iterations": 4},
+                         "args": ["--num-samples", "1", "--scheduler", "none", "--num-cpus", "2"]}})
+    os.environ.update({"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+    study = load_study(path)
+    res = run_study(study, RunOptions(out=tmp_path / "out", parallel=2))
+    assert res["failed"] == [], res
+    best = yaml.safe_load((tmp_path / "out" / "searches" / "lr" / "best_config.yaml").read_text())["optim"]["lr"]
+    run = next(r for r in study.runs() if r.method == "pce_lr")
+    rec = json.loads(record_path(run, tmp_path / "out").read_text())
+    assert f"optim.lr={best}" in rec["overrides"] and rec["status"] == "done"
+    space.write_text("optim.lr: {type: grid, values: [0.1, 0.01]}\n")
+    with pytest.raises(ConfigError, match="holds search lr with other settings"):
+        run_study(load_study(path), RunOptions(out=tmp_path / "out"))
