@@ -7,16 +7,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
 
     A new temporary file beside ``path`` (``mkstemp``: exclusive, never through a link), fsynced,
     renamed over ``path`` (a link there is replaced, its target untouched), then the folder is
-    fsynced so the rename survives a crash."""
+    fsynced so the rename survives a crash. The file gets the permissions a plain ``open`` would
+    give it (``mkstemp``'s are 0600), or keeps those of the file it replaces."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
