@@ -227,35 +227,34 @@ def check_study(study: Study, out: Path) -> None:
     from ..config import load_config
     from ..data import SliceStore
 
-    stores = {}
-    for run in study.runs(seeds=[study.seeds[0]], budgets=[study.budgets[0]]):
-        where = f"{study.source}: methods.{run.method}"
+    stores: dict[str, Any] = {}
+
+    def config(overrides, where):
         try:
-            cfg = load_config(study.config, study.run_overrides(run, out))
+            cfg = load_config(study.config, overrides)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        store = stores.setdefault(cfg.data.store, SliceStore(cfg.data.store))
+        return cfg, stores.setdefault(cfg.data.store, SliceStore(cfg.data.store))
+
+    def cases(store, split, where):
+        try:
+            found = store.split(split)
+        except KeyError as exc:
+            raise ConfigError(f"{where}: {exc.args[0]}") from None
+        _need(bool(found), where, f"split {split!r} holds no case in {store.path}")
+        return found
+
+    for run in study.runs(seeds=[study.seeds[0]], budgets=[study.budgets[0]]):
+        where = f"{study.source}: methods.{run.method}"
+        _, store = config(study.run_overrides(run, out), where)
         for split in (study.train_split, study.eval_split):
-            try:
-                cases = store.split(split)
-            except KeyError as exc:
-                raise ConfigError(f"{where}: {exc.args[0]}") from None
-            _need(bool(cases), where, f"split {split!r} holds no case in {cfg.data.store}")
+            cases(store, split, where)
     for s in study.searches.values():
         where = f"{study.source}: searches.{s.name}"
         _need(Path(s.space).is_file(), where, f"space file {s.space} not found")
-        try:
-            cfg = load_config(study.config, [*study.overrides, *s.overrides])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        store = stores.setdefault(cfg.data.store, SliceStore(cfg.data.store))
+        _, store = config([*study.overrides, *s.overrides], where)
         evaluated = set(store.split(study.eval_split))
         for split in (s.train_split, s.val_split):
-            try:
-                cases = store.split(split)
-            except KeyError as exc:
-                raise ConfigError(f"{where}: {exc.args[0]}") from None
-            _need(bool(cases), where, f"split {split!r} holds no case")
-            seen = sorted(evaluated.intersection(cases))
+            seen = sorted(evaluated.intersection(cases(store, split, where)))
             _need(not seen, where, f"{split} holds {len(seen)} case(s) of the eval split {study.eval_split} "
                                    f"(e.g. {seen[0] if seen else ''}): a search must never see the patients it is scored on")

@@ -254,8 +254,6 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
                         search_figure(study, out, rep / "search.png")) if f]
     searched = []
     for s in study.searches.values():
-        from .runner import searched_values
-
         v = searched_values(study, s, out)
         searched.append(f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
                         + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"

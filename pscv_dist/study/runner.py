@@ -68,16 +68,21 @@ def read_record(path: Path) -> dict[str, Any] | None:
 SEARCH_RECORD = "study_search.json"  # in a search folder: the fingerprint of the search it holds
 
 
-def check_search_folder(study: Study, search: Search, out: Path) -> None:
-    """A search folder holds the search the study file asks for now, or nothing."""
-    rec = read_record(search.folder(out) / SEARCH_RECORD)
-    fp = search.fingerprint(study.overrides)
+def check_owned(folder: Path, record: Path, fp: str, kind: str, name: str) -> None:
+    """``folder`` holds the ``kind`` (run or search) the study file asks for now (its record's
+    fingerprint), or nothing: anything else is refused, never replaced."""
+    rec = read_record(record)
     if rec is not None and rec.get("fingerprint") != fp:
-        raise ConfigError(f"{search.folder(out)}: holds search {search.name} with other settings than the study file "
-                          f"now gives (space, splits, overrides or options changed); move it away or choose another --out")
-    if rec is None and search.folder(out).exists() and any(search.folder(out).iterdir()):
-        raise ConfigError(f"{search.folder(out)}: exists and is not a search of this study (no {SEARCH_RECORD}); "
+        raise ConfigError(f"{folder}: holds {kind} {name} with other settings than the study file now gives "
+                          f"(fingerprint {rec.get('fingerprint')} vs {fp}); move it away or choose another --out")
+    if rec is None and folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder}: exists and is not a {kind} of this study (no {record.name}); "
                           "move it away or choose another --out")
+
+
+def check_search_folder(study: Study, search: Search, out: Path) -> None:
+    check_owned(search.folder(out), search.folder(out) / SEARCH_RECORD, search.fingerprint(study.overrides),
+                "search", search.name)
 
 
 def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] | None:
@@ -161,16 +166,6 @@ def execute(cmds: list[list[str]], log_file: str, threads: int) -> dict[str, Any
     return {"rc": 0, **times}
 
 
-def _check_folder(run: Run, out: Path, fp: str) -> None:
-    rec = read_record(record_path(run, out))
-    if rec is not None and rec.get("fingerprint") != fp:
-        raise ConfigError(f"{run.folder(out)}: holds run {run.key} with other settings than the study file now gives "
-                          f"(fingerprint {rec.get('fingerprint')} vs {fp}); move it away or choose another --out")
-    if rec is None and run.folder(out).exists() and any(run.folder(out).iterdir()):
-        raise ConfigError(f"{run.folder(out)}: exists and is not a run of this study (no {record_path(run, out).name}); "
-                          "move it away or choose another --out")
-
-
 def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]]], list[Run], list[Search]]:
     """(runs to do with their overrides, runs done, searches still to run)."""
     runs = study.runs(opts.methods, opts.budgets, opts.seeds)
@@ -186,7 +181,7 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
             todo.append((run, overrides))  # its overrides are known once the search is done
             continue
         fp = fingerprint(overrides)
-        _check_folder(run, opts.out, fp)
+        check_owned(run.folder(opts.out), record_path(run, opts.out), fp, "run", run.key)
         rec = read_record(record_path(run, opts.out))
         finished = rec is not None and rec.get("status") == "done" and all(
             eval_path(run, opts.out, c).is_file() for c in CONVENTIONS)
