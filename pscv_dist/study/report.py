@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .plan import Run, Study, fingerprint
-from .runner import CONVENTIONS, eval_path, read_record, record_path, searched_values
+from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, record_path, searched_values
 
 
 def collect(study: Study, out: Path) -> list[dict[str, Any]]:
@@ -245,6 +245,7 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
     """``<out>/report/results.md`` and its figures, from what the run folders hold now."""
     from ..files import write_atomic
 
+    check_study_folder(out)
     rows = collect(study, out)
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)

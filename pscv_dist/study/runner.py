@@ -68,6 +68,16 @@ def read_record(path: Path) -> dict[str, Any] | None:
 SEARCH_RECORD = "study_search.json"  # in a search folder: the fingerprint of the search it holds
 
 
+MARKER = ".pscv_study"  # in --out: this folder was made by pscv study (it may write here)
+
+
+def check_study_folder(out: Path) -> None:
+    """``--out`` is new, empty, or a folder pscv study made: it writes ``study.yaml``, ``logs/``,
+    ``report/`` and an MLflow store there, and must never overwrite files it did not create."""
+    if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not a study folder (no {MARKER}); choose a new or empty folder")
+
+
 def check_owned(folder: Path, record: Path, fp: str, kind: str, name: str) -> None:
     """``folder`` holds the ``kind`` (run or search) the study file asks for now (its record's
     fingerprint), or nothing: anything else is refused, never replaced."""
@@ -200,6 +210,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
     if opts.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {opts.parallel}")
     opts = dataclasses.replace(opts, out=opts.out.resolve())  # the commands may run in other folders (Ray)
+    check_study_folder(opts.out)
     check_study(study, opts.out)
     todo, done, searches = plan_runs(study, opts)
     log.info("study %s: %d run(s) done, %d to run, %d search(es) to run", study.name, len(done), len(todo), len(searches))
@@ -210,6 +221,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
             print("run   ", run.key)
         return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": []}
     opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / MARKER).touch()
     (opts.out / "study.yaml").write_text(study.source.read_text())  # what these results come from
     from ..tracking.search import ensure_experiment
 

@@ -194,3 +194,17 @@ def test_a_searched_method_trains_with_the_best_trials_values(phantom_store, tmp
     space.write_text("optim.lr: {type: grid, values: [0.1, 0.01]}\n")
     with pytest.raises(ConfigError, match="holds search lr with other settings"):
         run_study(load_study(path), RunOptions(out=tmp_path / "out"))
+
+
+def test_an_out_folder_it_did_not_make_is_refused_untouched(phantom_store, tmp_path, capsys):
+    """OUT = the folder holding the study file (and the user's own study.yaml, report/): refused."""
+    path = study_file(tmp_path, phantom_store)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "results.md").write_text("mine")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for action in ("run", "report"):
+        rc = cli_main(["study", action, str(path), "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "exists and is not a study folder" in err, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "report" / "results.md").read_text() == "mine"
