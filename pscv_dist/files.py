@@ -1,11 +1,14 @@
-"""Small file helpers every command shares: atomic writes."""
+"""Small file helpers every command shares: atomic writes, and one run per output (a lock)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .errors import OutputError, os_reason
 
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
@@ -52,3 +55,55 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, json.dumps(obj, indent=2).encode())
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``path`` for the life of a run (released by the kernel if it dies).
+
+    ``what`` names the output in the error a second run gets; ``command`` names the command holding it."""
+
+    def __init__(self, path: str | os.PathLike, what: str, command: str):
+        self.path, self.what, self.command, self.fd = Path(path), what, command, None
+
+    def acquire(self) -> "RunLock":
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputError(f"{self.path.parent}: cannot create the lock file for {self.what} "
+                                  f"({os_reason(exc)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise OutputError(f"{self.what}: another `{self.command}` (pid {holder}) is writing this output; "
+                                  f"wait for it to finish or stop it (lock {self.path})") from None
+            try:  # a finishing run unlinks the file it locked: make sure we hold the current one
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding it: see acquire()
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+

@@ -1,7 +1,10 @@
-"""Shared fixtures: paths to the real data in ../shared (skipped with a reason when absent)."""
+"""Shared fixtures: paths to the real data in ../shared (skipped with a reason when absent), the
+phantom source and store, and a process that holds a run lock."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,25 @@ def phantom_store(phantom_src, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "phantoms.zarr"
     prepare(PrepareConfig(src=str(phantom_src), out=str(out), layout="nifti", size=32, seed=3, progress=False))
     return out
+
+
+@pytest.fixture
+def hold_lock():
+    """``hold_lock(path)`` starts a process holding an exclusive ``flock`` on ``path`` with its pid
+    written in it, as a live run holds its lock; each one is killed when the test ends."""
+    procs: list[subprocess.Popen] = []
+
+    def start(lock: Path) -> subprocess.Popen:
+        code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True); "
+                "time.sleep(120)")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

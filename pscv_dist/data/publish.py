@@ -43,6 +43,7 @@ from typing import Any
 from . import format as fmt
 from .integrity import filesystem
 from ..errors import OutputError, os_reason
+from ..files import RunLock
 
 log = logging.getLogger(__name__)
 LOCAL_PROTOCOLS = ("file", "local")
@@ -63,49 +64,6 @@ def store_problem(fs, root: str) -> str | None:
     if not isinstance(meta, dict) or meta.get("format") != fmt.FORMAT_NAME:
         return f"a Zarr node without the {fmt.FORMAT_NAME!r} root attribute: foreign or half-written"
     return None
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``path`` for the life of a run (released by the kernel if it dies)."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what, self.fd = Path(path), what, None
-
-    def acquire(self) -> "RunLock":
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise OutputError(f"{self.path.parent}: cannot create the lock file for {self.what} "
-                                  f"({os_reason(exc)})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise OutputError(f"{self.what}: another `pscv prepare` (pid {holder}) is writing this output; "
-                                  f"wait for it to finish or stop it (lock {self.path})") from None
-            try:  # a finishing run unlinks the file it locked: make sure we hold the current one
-                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.path)  # while still holding it: see acquire()
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
 
 
 def output_target(out: str, storage_options: dict[str, Any] | None = None) -> "LocalTarget | UrlTarget":
@@ -153,7 +111,7 @@ class LocalTarget:
         _check_not_source(self.out, self.dest, src)
         parent = self.dest.parent
         _ensure_folder(parent, self.out)
-        self.lock = RunLock(parent / f".{self.dest.name}.lock", self.out).acquire()
+        self.lock = RunLock(parent / f".{self.dest.name}.lock", self.out, "pscv prepare").acquire()
         try:
             self._clear_leftovers()
             self._check_existing()
@@ -226,7 +184,7 @@ class UrlTarget:
         # per user: a shared folder created by the first user would refuse everyone else's locks
         folder = Path(tempfile.gettempdir()) / f"pscv-locks-{os.getuid()}"
         folder.mkdir(mode=0o700, exist_ok=True)
-        self.lock = RunLock(folder / f"{key}.lock", self.out).acquire()
+        self.lock = RunLock(folder / f"{key}.lock", self.out, "pscv prepare").acquire()
         try:
             self._check_existing()
         except BaseException:

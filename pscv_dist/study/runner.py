@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..files import write_json_atomic
+from ..files import RunLock, write_json_atomic
 from .plan import Run, Search, Study, check_study, fingerprint
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ SEARCH_RECORD = "study_search.json"  # in a search folder: the fingerprint of th
 
 
 MARKER = ".pscv_study"  # in --out: this folder was made by pscv study (it may write here)
+LOCK = ".pscv_study.lock"  # in --out while a `pscv study run` works there
 
 
 def check_study_folder(out: Path) -> None:
@@ -200,8 +201,6 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
 
 
 def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
-    from ..progress import progress_bar
-
     for name, values in (("--methods", opts.methods), ("--budgets", opts.budgets), ("--seeds", opts.seeds)):
         allowed = {"--methods": list(study.methods), "--budgets": list(study.budgets), "--seeds": list(study.seeds)}[name]
         bad = [v for v in values or [] if v not in allowed]
@@ -221,7 +220,16 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
             print("run   ", run.key)
         return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": []}
     opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / MARKER).touch()
+    if not (opts.out / MARKER).exists():
+        (opts.out / MARKER).touch()
+    with RunLock(opts.out / LOCK, f"study folder {opts.out}", "pscv study run"):  # two runs would race on every file
+        return _run_locked(study, opts)
+
+
+def _run_locked(study: Study, opts: RunOptions) -> dict[str, Any]:
+    from ..progress import progress_bar
+
+    _, _, searches = plan_runs(study, opts)  # again, now that no other run can change the folder
     (opts.out / "study.yaml").write_text(study.source.read_text())  # what these results come from
     from ..tracking.search import ensure_experiment
 

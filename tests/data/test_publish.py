@@ -187,20 +187,11 @@ def test_unknown_protocol_is_refused_before_converting(src, tmp_path, capsys):
 
 
 # --- 3. one run per OUT; unique staging; only provably dead leftovers are removed ----------------------
-def _hold_lock(lock: Path) -> subprocess.Popen:
-    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True); "
-            "time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_a_live_lock_refuses_and_a_dead_one_does_not_block(src, tmp_path, capsys):
+def test_a_live_lock_refuses_and_a_dead_one_does_not_block(src, tmp_path, capsys, hold_lock):
     out = tmp_path / "o.zarr"
     staging = tmp_path / ".o.zarr.partial-4194000-0123abcd"  # looks like a dead run's, but the lock is live
     (staging / "volumes").mkdir(parents=True)
-    holder = _hold_lock(tmp_path / ".o.zarr.lock")
+    holder = hold_lock(tmp_path / ".o.zarr.lock")
     try:
         assert f"another `pscv prepare` (pid {holder.pid}) is writing" in run(src, out, capsys)
         assert staging.exists(), "the staging folder of a live run was deleted"

@@ -208,3 +208,21 @@ def test_an_out_folder_it_did_not_make_is_refused_untouched(phantom_store, tmp_p
         assert rc == 2 and "exists and is not a study folder" in err, err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / "report" / "results.md").read_text() == "mine"
+
+
+def test_a_second_study_run_on_the_same_folder_is_refused_while_the_first_works(finished, capsys, hold_lock):
+    """Two `pscv study run` on one --out would race on every record and run folder: the second is
+    refused in one line, changes nothing, and runs once the first is gone."""
+    path, out, _ = finished
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    holder = hold_lock(out / ".pscv_study.lock")
+    rc = cli_main(["study", "run", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"another `pscv study run` (pid {holder.pid}) is writing" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".pscv_study.lock"} == {
+        p: t for p, t in before.items() if p.name != ".pscv_study.lock"}
+    holder.kill()
+    holder.wait()
+    assert cli_main(["study", "run", str(path), "--out", str(out)]) == 0  # every run is done: nothing to redo
+    assert not (out / ".pscv_study.lock").exists()
