@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/pscv demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # Skips the slow real-data tests (CI runs them all through `make test`).
 test-fast: $(STAMP)

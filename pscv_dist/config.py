@@ -104,7 +104,7 @@ class LossConfig:
     cv_classes: str = "all"
     cv_pool: str = "global"  # or P >= 2: positives and negatives from P images of the global batch
     gather_dtype: str = "float32"
-    lambda_ms: float = 1e-3
+    lambda_ms: float = 5e-5  # the published MS trainings' scale in our reduction (docs/METHOD.md)
     lambda_ent: float = 0.1
 
     def __post_init__(self):

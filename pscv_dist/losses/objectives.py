@@ -96,9 +96,12 @@ class EntMini(Objective):
 
 @register("ms")
 class VanillaMS(Objective):
-    """pCE + λ_ms · Σ_k Σ_r (I - c_k)² Ŷ_k + μ · TV (Kim & Ye 2019, "vanilla MS" of PSCV Table 3)."""
+    """pCE + λ_ms · Σ_k Σ_r (I - c_k)² Ŷ_k + μ · TV (Kim & Ye 2019, "vanilla MS" of PSCV Table 3).
 
-    def __init__(self, num_classes, ignore_index, lambda_ms: float = 1e-3, mu: float = 1e-5, process_group=None):
+    The data term is a sum over every pixel of every class, averaged over images, so its weight
+    depends on the slice size: λ_ms = 5e-5 at 128² is the scale public MS trainings use (docs/METHOD.md)."""
+
+    def __init__(self, num_classes, ignore_index, lambda_ms: float = 5e-5, mu: float = 1e-5, process_group=None):
         super().__init__(num_classes, ignore_index, process_group)
         self.lambda_ms, self.mu = lambda_ms, mu
 
