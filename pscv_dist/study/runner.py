@@ -111,8 +111,17 @@ def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] |
     return values
 
 
+PYTHON = "{python}"  # in a command: the interpreter of the process that runs it (a Ray node's own)
+
+
 def _python() -> list[str]:
-    return [sys.executable, "-m", "pscv_dist.cli"]
+    return [PYTHON, "-m", "pscv_dist.cli"]
+
+
+def resolve(cmd: list[str]) -> list[str]:
+    """The command as the process running it starts it: its own ``sys.executable`` for ``PYTHON``,
+    so a Ray node whose Python lives elsewhere than the driver's still runs it."""
+    return [sys.executable if a == PYTHON else a for a in cmd]
 
 
 def _resumable(folder: Path) -> bool:
@@ -165,7 +174,7 @@ def execute(cmds: list[list[str]], log_file: str, threads: int) -> dict[str, Any
     times: dict[str, float] = {}
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as f:
-        for cmd in cmds:
+        for cmd in map(resolve, cmds):
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
             t0 = time.time()
@@ -215,7 +224,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
     log.info("study %s: %d run(s) done, %d to run, %d search(es) to run", study.name, len(done), len(todo), len(searches))
     if opts.dry_run:
         for s in searches:
-            print("search", s.name, " ".join(search_command(study, s, opts.out)))
+            print("search", s.name, " ".join(resolve(search_command(study, s, opts.out))))
         for run, _ in todo:
             print("run   ", run.key)
         return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": []}

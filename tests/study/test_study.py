@@ -226,3 +226,30 @@ def test_a_second_study_run_on_the_same_folder_is_refused_while_the_first_works(
     holder.wait()
     assert cli_main(["study", "run", str(path), "--out", str(out)]) == 0  # every run is done: nothing to redo
     assert not (out / ".pscv_study.lock").exists()
+
+
+def test_a_command_runs_with_the_interpreter_of_the_process_that_runs_it(phantom_store, tmp_path):
+    """A Ray node's Python may live elsewhere than the driver's: the commands carry a placeholder and
+    `execute` (the task) starts them with its own interpreter. Here the task runs under another path
+    to Python (a link), as on another node."""
+    import subprocess
+    import sys
+
+    from pscv_dist.study.runner import PYTHON, run_commands
+
+    study = load_study(study_file(tmp_path, phantom_store))
+    run = study.runs(["pce"], None, [0])[0]
+    cmds = run_commands(study, run, tmp_path / "out", study.run_overrides(run, tmp_path / "out", {}))
+    assert cmds and all(c[0] == PYTHON for c in cmds) and not any(sys.executable in c for c in cmds)
+    node_python = tmp_path / "node" / "bin" / "python3"
+    node_python.parent.mkdir(parents=True)
+    node_python.symlink_to(sys.executable)
+    log = tmp_path / "task.log"
+    code = ("import sys; from pscv_dist.study.runner import PYTHON, execute; "
+            "r = execute([[PYTHON, '-m', 'pscv_dist.cli', 'evaluate', '--help']], sys.argv[1], 1); sys.exit(r['rc'])")
+    import site
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), *site.getsitepackages()])}
+    subprocess.run([str(node_python), "-c", code, str(log)], check=True, env=env)
+    first = log.read_text().splitlines()[0]
+    assert first.startswith(f"$ {node_python} -m pscv_dist.cli evaluate"), first
