@@ -120,6 +120,15 @@ def _check_config(raw: dict[str, Any], where: str, o: TuneOptions) -> tuple[int,
     return cfg.train.iterations, cfg.train.val_every
 
 
+def _absolute_store(raw: dict[str, Any]) -> dict[str, Any]:
+    """Trials run in their own folders (Ray moves each into its trial directory), maybe on other
+    nodes: a relative ``data.store`` is made absolute against the folder `pscv tune` started in."""
+    store = (raw.get("data") or {}).get("store")
+    if isinstance(store, str) and store and not Path(store).is_absolute():
+        raw = {**raw, "data": {**raw["data"], "store": str(Path(store).resolve())}}
+    return raw
+
+
 def prepare(o: TuneOptions) -> Plan:
     """Check a search before anything starts; on ``--resume`` the saved settings are used.
 
@@ -147,6 +156,7 @@ def prepare(o: TuneOptions) -> Plan:
         where = str(resolve_config_path(o.config))
         raw = apply_overrides(read_yaml_config(o.config), o.overrides)
         space = load_space(o.space, raw)
+    raw = _absolute_store(raw)
     _check_resources(o)
     iterations, val_every = _check_config(raw, where, o)
     if o.search == "optuna" and space.has_grid:

@@ -91,3 +91,17 @@ def test_default_space_and_its_tune_domains():
     assert isinstance(domains["loss.lambda_cv"], Float) and domains["loss.tau"].lower == 0.03
     ints = parse_space({"model.depth": {"type": "randint", "low": 2, "high": 4}}, {}, "x")
     assert ints.to_tune()["model.depth"].upper == 5  # both bounds included
+
+
+def test_a_relative_store_is_made_absolute_for_the_trials(phantom_store, tmp_path, monkeypatch):
+    """Ray runs each trial in its own folder (maybe on another node): a store given relative to the
+    folder `pscv tune` starts in must reach the trials as that folder's store, not the trial's."""
+    from pscv_dist.tune.search import TuneOptions, prepare
+
+    monkeypatch.chdir(phantom_store.parent)
+    overrides = [f"data.store={phantom_store.name}", *_base(phantom_store)[1:]]
+    plan = prepare(TuneOptions(config="cpu_quick", out=str(tmp_path / "search"), overrides=overrides))
+    assert plan.raw["data"]["store"] == str(phantom_store.resolve())
+    monkeypatch.chdir(tmp_path)  # a resumed search keeps the store it started with
+    plan = prepare(TuneOptions(out=str(tmp_path / "search"), resume=True))
+    assert plan.raw["data"]["store"] == str(phantom_store.resolve())
