@@ -4,11 +4,21 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, os_reason
+
+def absolute_local(path: str) -> str:
+    """A local path made absolute against this process's working folder (``~`` expanded), for
+    commands that run elsewhere (Ray trials and tasks run in their own folders, maybe on other
+    nodes); a URL (``s3://``, ``file://``, ``memory://``) or an empty value is returned as it is."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
 
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
@@ -75,10 +85,14 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                holder = os.read(fd, 128).decode(errors="replace").strip() or "?"
                 os.close(fd)
                 raise OutputError(f"{self.what}: another `{self.command}` (pid {holder}) is writing this output; "
                                   f"wait for it to finish or stop it (lock {self.path})") from None
+            except OSError as exc:  # e.g. a network file system without flock (ENOLCK, EOPNOTSUPP)
+                os.close(fd)
+                raise OutputError(f"{self.path}: cannot lock it for {self.what} ({os_reason(exc)}); "
+                                  "use a folder on a file system with flock") from None
             try:  # a finishing run unlinks the file it locked: make sure we hold the current one
                 current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -87,7 +101,7 @@ class RunLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())  # the folder may be shared by nodes
         self.fd = fd
         return self
 
@@ -106,4 +120,3 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-

@@ -28,7 +28,6 @@ The rules, the same for a local folder and an fsspec URL:
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..files import RunLock, write_json_atomic
+from ..files import RunLock, absolute_local, write_json_atomic
 from .plan import Run, Search, Study, check_study, fingerprint
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,19 @@ def search_command(study: Study, search: Search, out: Path) -> list[str]:
     cmd = [*_python(), "tune", "--out", str(folder)]
     if resume:
         return [*cmd, "--resume", *search.args]
-    return [*cmd, "--config", study.config, "--space", search.space, *search.args, *study.overrides,
-            *search.overrides, f"data.train_split={search.train_split}", f"data.val_split={search.val_split}"]
+    config, overrides = _portable(study.config, [*study.overrides, *search.overrides])
+    return [*cmd, "--config", config, "--space", absolute_local(search.space), *search.args, *overrides,
+            f"data.train_split={search.train_split}", f"data.val_split={search.val_split}"]
+
+
+def _portable(config: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """The config file and the store as absolute paths, for commands that run in another folder or
+    on another node (Ray); a preset name and URLs stay as they are. The run's fingerprint is taken
+    from the overrides as the study file gives them, not from these."""
+    if Path(config).is_file():
+        config = absolute_local(config)
+    return config, [f"data.store={absolute_local(o.split('=', 1)[1])}" if o.startswith("data.store=") else o
+                    for o in overrides]
 
 
 def run_commands(study: Study, run: Run, out: Path, overrides: list[str]) -> list[list[str]]:
@@ -153,12 +164,13 @@ def run_commands(study: Study, run: Run, out: Path, overrides: list[str]) -> lis
     that is still missing."""
     cmds = []
     folder = run.folder(out)
+    config, overrides = _portable(study.config, overrides)
     summary = read_record(folder / "summary.json")
     if not (summary and summary.get("step") == run.budget):
-        cmds.append([*_python(), "train", "--config", study.config, *overrides])
+        cmds.append([*_python(), "train", "--config", config, *overrides])
     from ..config import load_config
 
-    store = load_config(study.config, overrides).data.store
+    store = load_config(config, overrides).data.store
     for conv in CONVENTIONS:
         if cmds or not eval_path(run, out, conv).is_file():
             cmds.append([*_python(), "evaluate", "--checkpoint", str(folder / "checkpoints" / f"step_{run.budget:08d}"),

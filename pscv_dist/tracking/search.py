@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import write_json_atomic
+from ..files import absolute_local, write_json_atomic
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "pscv.trial_id"
@@ -26,8 +26,13 @@ RUN_FILE = "mlflow_run.json"  # in a trial's folder: {"run_id": ...}
 
 def search_tracking(out: str | Path, tracking_uri: str | None, artifact_location: str | None) -> tuple[str, str]:
     """The tracking URI and artifact location of a search: the config's, else ``sqlite:///<out>/mlflow.db``
-    and ``<out>/mlartifacts`` (the defaults of ``pscv train``, under the search folder)."""
+    and ``<out>/mlartifacts`` (the defaults of ``pscv train``, under the search folder). Relative local
+    paths are made absolute: the trials run in their own folders."""
     out = Path(out).resolve()
+    if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        tracking_uri = f"sqlite:///{absolute_local(tracking_uri.removeprefix('sqlite:///'))}"  # trials run elsewhere
+    if artifact_location and "://" not in artifact_location:
+        artifact_location = Path(absolute_local(artifact_location)).as_uri()
     return (tracking_uri or f"sqlite:///{out / 'mlflow.db'}",
             artifact_location or (out / "mlartifacts").as_uri())
 

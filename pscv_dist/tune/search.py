@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import apply_overrides, from_dict, read_yaml_config, resolve_config_path
 from ..errors import ConfigError, PscvError
-from ..files import write_json_atomic
+from ..files import absolute_local, write_json_atomic
 from .space import SearchSpace, load_space, parse_space
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,11 @@ def _check_config(raw: dict[str, Any], where: str, o: TuneOptions) -> tuple[int,
 
 def _absolute_store(raw: dict[str, Any]) -> dict[str, Any]:
     """Trials run in their own folders (Ray moves each into its trial directory), maybe on other
-    nodes: a relative ``data.store`` is made absolute against the folder `pscv tune` started in."""
+    nodes: a relative ``data.store`` is made absolute against the folder `pscv tune` started in (a
+    search resumed from another folder keeps the path it started with)."""
     store = (raw.get("data") or {}).get("store")
-    if isinstance(store, str) and store and not Path(store).is_absolute():
-        raw = {**raw, "data": {**raw["data"], "store": str(Path(store).resolve())}}
+    if isinstance(store, str) and store != absolute_local(store):
+        raw = {**raw, "data": {**raw["data"], "store": absolute_local(store)}}
     return raw
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -276,7 +277,7 @@ def test_second_concurrent_run_is_refused_and_the_first_completes(slow_src, tmp_
     try:
         staging = _wait_for(lambda: list(tmp_path.glob(".o.zarr.partial-*")), 60, "the first run's staging")
         err = run(slow_src, out, capsys)
-        assert f"another `pscv prepare` (pid {first.pid}) is writing" in err
+        assert f"another `pscv prepare` (pid {first.pid} on {socket.gethostname()}) is writing" in err
         assert all(s.exists() for s in staging), "the second run deleted the first run's work"
         assert first.wait(timeout=120) == 0, (tmp_path / "prepare.log").read_text()
     finally:

@@ -218,7 +218,7 @@ def test_a_second_study_run_on_the_same_folder_is_refused_while_the_first_works(
     holder = hold_lock(out / ".pscv_study.lock")
     rc = cli_main(["study", "run", str(path), "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc != 0 and f"another `pscv study run` (pid {holder.pid}) is writing" in err, err
+    assert rc == 2 and f"another `pscv study run` (pid {holder.pid}) is writing" in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".pscv_study.lock"} == {
         p: t for p, t in before.items() if p.name != ".pscv_study.lock"}
@@ -253,3 +253,23 @@ def test_a_command_runs_with_the_interpreter_of_the_process_that_runs_it(phantom
     subprocess.run([str(node_python), "-c", code, str(log)], check=True, env=env)
     first = log.read_text().splitlines()[0]
     assert first.startswith(f"$ {node_python} -m pscv_dist.cli evaluate"), first
+
+
+def test_commands_name_the_store_and_config_absolutely_for_other_folders(phantom_store, tmp_path, monkeypatch):
+    """A Ray task runs in its own folder (maybe on another node): a store or config the study file
+    gives relative to where `pscv study run` started must reach the commands as absolute paths,
+    while the run's fingerprint keeps the study file's own words."""
+    from pscv_dist.study.runner import run_commands
+
+    monkeypatch.chdir(phantom_store.parent)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {base_width: 2}\n")
+    path = study_file(tmp_path, Path(phantom_store.name), config=os.path.relpath(cfg))
+    study = load_study(path)
+    run = study.runs(["pce"], None, [0])[0]
+    overrides = study.run_overrides(run, tmp_path / "out", {})
+    assert f"data.store={phantom_store.name}" in overrides
+    train, *evals = run_commands(study, run, tmp_path / "out", overrides)
+    assert train[train.index("--config") + 1] == str(cfg)
+    assert f"data.store={phantom_store.resolve()}" in train and f"data.store={phantom_store.name}" not in train
+    assert all(e[e.index("--store") + 1] == str(phantom_store.resolve()) for e in evals) and len(evals) == 2

@@ -105,3 +105,11 @@ def test_a_relative_store_is_made_absolute_for_the_trials(phantom_store, tmp_pat
     monkeypatch.chdir(tmp_path)  # a resumed search keeps the store it started with
     plan = prepare(TuneOptions(out=str(tmp_path / "search"), resume=True))
     assert plan.raw["data"]["store"] == str(phantom_store.resolve())
+    from pscv_dist.tune.search import _absolute_store
+
+    assert _absolute_store({"data": {"store": "memory://x.zarr"}}) == {"data": {"store": "memory://x.zarr"}}
+    from pscv_dist.tracking.search import search_tracking
+
+    uri, artifacts = search_tracking(tmp_path / "search", "sqlite:///runs/mlflow.db", "runs/art")
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" and artifacts == (tmp_path / "runs" / "art").as_uri()
+    assert search_tracking(tmp_path, "sqlite:////abs/m.db", "s3://b/a") == ("sqlite:////abs/m.db", "s3://b/a")
