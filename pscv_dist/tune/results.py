@@ -128,15 +128,18 @@ def _plot(rows: list[dict[str, Any]], plan, path: Path) -> bool:
     return True
 
 
-def write_results(plan, grid, wall_s: float) -> dict[str, Any]:
-    """Write every result file into ``plan.out``; returns the summary (also ``results.json``)."""
+def write_results(plan, grid, wall_s: float, complete: bool = True) -> dict[str, Any]:
+    """Write every result file into ``plan.out``; returns the summary (also ``results.json``).
+
+    A search stopped midway (``complete`` False) gets its tables, marked so, but no
+    ``best_config.yaml``: its best so far is not the search's answer."""
     out = plan.out
     rows = trial_rows(plan, grid)
     files = ["results.csv", "results.md", "results.json"]
     _write_csv(rows, out / "results.csv")
     _write_md(rows, plan.space.keys, out / "results.md")
     best = rows[0] if rows and rows[0]["best_dsc"] is not None else None
-    if best is not None:
+    if best is not None and complete:
         cfg = best_config(plan, best)
         text = (f"# best trial {best['trial_id']} of the search in {out}: validation DSC {best['best_dsc']:.4f} "
                 f"at step {best['best_step']}\n# train it: pscv train --config {out / 'best_config.yaml'}\n")
@@ -144,6 +147,6 @@ def write_results(plan, grid, wall_s: float) -> dict[str, Any]:
         files.append("best_config.yaml")
     if _plot(rows, plan, out / "dsc_vs_params.png"):
         files.append("dsc_vs_params.png")
-    summary = {"trials": rows, "best": best, "wall_s": wall_s, "files": files, "out": str(out)}
+    summary = {"trials": rows, "best": best, "complete": complete, "wall_s": wall_s, "files": files, "out": str(out)}
     write_json_atomic(summary, out / "results.json")
     return summary

@@ -331,13 +331,20 @@ def run_search(o: TuneOptions, stream=None) -> dict[str, Any]:
     t0 = time.time()
     tuner = _tuner(plan, ctx, stream)
     grid = tuner.fit()
-    summary = write_results(plan, grid, wall_s=time.time() - t0)
+    expected = o.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
+    finished = grid.num_terminated + grid.num_errors  # ASHA's stops are terminated trials too
+    complete = len(grid) >= expected and finished == len(grid)  # not stopped by a signal midway
+    summary = write_results(plan, grid, wall_s=time.time() - t0, complete=complete)
     if tracking:
         best = summary.get("best") or {}
         metrics = {f"best_{METRIC}": best["best_dsc"]} if best.get("best_dsc") is not None else {}
         metrics.update(trials=len(summary["trials"]), stopped=sum(t["stopped"] for t in summary["trials"]))
         finish_parent(uri, parent, metrics, [plan.out / n for n in summary["files"]],
-                      status="FINISHED" if best else "FAILED")
+                      status="FINISHED" if best and complete else ("KILLED" if not complete else "FAILED"))
+    if not complete:
+        raise PscvError(f"{plan.out}: the search stopped before its trials finished ({finished} of {expected} "
+                        f"done; partial tables written, no best_config.yaml); continue it with "
+                        f"`pscv tune --out {plan.out} --resume`")
     if not summary.get("best"):
         errors = [t["error"] for t in summary["trials"] if t.get("error")]
         raise PscvError(f"{plan.out}: no trial reported a validation DSC"

@@ -62,7 +62,9 @@ def search(phantom_store, tmp_path_factory):
     args = ["--config", "cpu_quick", "--space", str(space), "--num-samples", "1", "--max-concurrent", "2",
             "--reduction-factor", "2", *overrides(phantom_store)]
     t0 = time.time()
-    driver = subprocess.Popen(tune_cmd(out, *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # started as `pscv study run` starts a search: OMP_NUM_THREADS = the machine's cores, which each
+    # trial must not inherit (it has 1 CPU from Ray)
+    driver = subprocess.Popen(tune_cmd(out, *args), env={**ENV, "OMP_NUM_THREADS": "2"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     deadline = time.time() + 300
     while not committed(out):
@@ -87,6 +89,9 @@ def test_resumed_search_finishes_every_trial_and_asha_stops_the_weak(search):
     assert stopped and all(t["steps"] < ITERS for t in stopped)
     assert any(t["steps"] == ITERS for t in trials)
     assert results["best"]["best_dsc"] == max(t["best_dsc"] for t in trials)
+    for t in trials:  # the trials started before the kill ran under OMP_NUM_THREADS=2 with 1 CPU each
+        reports = [json.loads(line) for line in (out / "ray" / "search" / t["trial_id"] / "result.json").read_text().splitlines()]
+        assert reports and all(r["torch_threads"] == 1 for r in reports), (t["trial_id"], reports)
     assert "best trial" in stdout and "best_config.yaml" in stdout
     for name in ("results.csv", "results.md", "best_config.yaml", "dsc_vs_params.png"):
         assert (out / name).is_file(), name
