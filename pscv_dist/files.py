@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import OutputError, os_reason
 
+
 def absolute_local(path: str) -> str:
     """A local path made absolute against this process's working folder (``~`` expanded), for
     commands that run elsewhere (Ray trials and tasks run in their own folders, maybe on other

@@ -155,3 +155,28 @@ def test_two_worker_trial_gathers_the_global_batch_across_workers(phantom_store,
     assert (out / "train_runs" / trial["trial_id"]).is_dir()  # the Train run is named by the trial id
     print(f"\n2-worker trial: start-up {trial['startup_s']:.1f} s of {trial['wall_s']:.1f} s "
           f"({trial['startup_s'] / trial['wall_s']:.0%}); whole command {wall:.0f} s")
+
+
+def test_a_search_stopped_by_a_signal_gives_no_answer_and_resumes(phantom_store, tmp_path):
+    """Ctrl-C (SIGINT) mid-search: Ray Tune saves its state and returns. The tables of the trials so
+    far are written, but no best_config.yaml (a study would take the best-so-far as the search's
+    answer), the exit is 2 with one line saying how to continue, and --resume finishes it."""
+    out = tmp_path / "search"
+    args = ["--config", "cpu_quick", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none",
+            *overrides(phantom_store)]
+    driver = subprocess.Popen(tune_cmd(out, *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not committed(out):
+        assert driver.poll() is None, driver.stdout.read()[-3000:]
+        assert time.time() < deadline, "no trial checkpoint within 300 s"
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
+    text = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 2, text[-3000:]
+    assert "the search stopped before its trials finished" in text and "--resume" in text, text[-3000:]
+    assert not (out / "best_config.yaml").exists()
+    assert json.loads((out / "results.json").read_text())["complete"] is False
+    run(tune_cmd(out, "--resume"))
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True and len(results["trials"]) == 3
+    assert (out / "best_config.yaml").is_file()
