@@ -148,6 +148,17 @@ def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path 
     return path
 
 
+def overlay_runs(study: Study, rows: list[dict[str, Any]]) -> dict[str, Run]:
+    """Method -> the run its overlay shows: at the largest budget any method finished, each method's
+    lowest finished seed (the same seed for every method that has it)."""
+    for b in sorted(study.budgets, reverse=True):
+        at = {r["run"].method: r["run"]  # the lowest seed is written last, so it is the one kept
+              for r in sorted(rows, key=lambda r: r["run"].seed, reverse=True) if r["run"].budget == b}
+        if at:
+            return {m: at[m] for m in study.methods if m in at}
+    return {}
+
+
 def overlays_figure(study: Study, rows: list[dict[str, Any]], out: Path, path: Path, n_slices: int = 3) -> Path | None:
     """The same eval slices (the middle slices of the first eval case) under every method's
     final model (first seed, the largest budget any method finished; methods without it are left out)."""
@@ -161,12 +172,7 @@ def overlays_figure(study: Study, rows: list[dict[str, Any]], out: Path, path: P
     from ..eval.inference import predict_volume
     from ..model.bundle import load_model
 
-    runs: dict[str, Run] = {}
-    for b in sorted(study.budgets, reverse=True):
-        at = {r["run"].method: r["run"] for r in sorted(rows, key=lambda r: r["run"].seed) if r["run"].budget == b}
-        if at:
-            runs = {m: at[m] for m in study.methods if m in at}
-            break
+    runs = overlay_runs(study, rows)
     if not runs:
         return None
     rec = read_record(record_path(next(iter(runs.values())), out))

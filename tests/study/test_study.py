@@ -272,3 +272,15 @@ def test_commands_name_the_store_and_config_absolutely_for_other_folders(phantom
     assert train[train.index("--config") + 1] == str(cfg)
     assert f"data.store={phantom_store.resolve()}" in train and f"data.store={phantom_store.name}" not in train
     assert all(e[e.index("--store") + 1] == str(phantom_store.resolve()) for e in evals) and len(evals) == 2
+
+
+def test_the_overlays_show_every_method_at_one_seed_the_lowest(finished):
+    """The figure compares methods on the same slices: one seed for all (seed 1 finished last for
+    every method here, and must not be the one shown)."""
+    from pscv_dist.study.report import collect, overlay_runs
+
+    path, out, _ = finished
+    study = load_study(path)
+    runs = overlay_runs(study, collect(study, out))
+    assert sorted(runs) == sorted(study.methods) and {r.seed for r in runs.values()} == {0}
+    assert {r.budget for r in runs.values()} == {ITERS}
