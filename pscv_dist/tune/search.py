@@ -340,7 +340,7 @@ def run_search(o: TuneOptions, stream=None) -> dict[str, Any]:
         metrics = {f"best_{METRIC}": best["best_dsc"]} if best.get("best_dsc") is not None else {}
         metrics.update(trials=len(summary["trials"]), stopped=sum(t["stopped"] for t in summary["trials"]))
         finish_parent(uri, parent, metrics, [plan.out / n for n in summary["files"]],
-                      status="FINISHED" if best and complete else ("KILLED" if not complete else "FAILED"))
+                      status="KILLED" if not complete else ("FINISHED" if best else "FAILED"))
     if not complete:
         raise PscvError(f"{plan.out}: the search stopped before its trials finished ({finished} of {expected} "
                         f"done; partial tables written, no best_config.yaml); continue it with "
