@@ -183,6 +183,12 @@ class TrackingConfig:
             raise ConfigError("tracking.experiment must be a non-empty string")
 
 
+#: How a run is fed, watched and stored, not what it learns (prefixes of flat keys). A study
+#: compares a finished run's saved config with the one it resolves today on every other key.
+BOOKKEEPING_KEYS = ("data.num_workers", "data.prefetch", "data.cache", "train.out_dir", "train.log_every",
+                    "train.val_every", "train.ckpt_every", "train.keep_last", "train.progress", "tracking.")
+
+
 @dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

@@ -50,6 +50,9 @@ def objective_names() -> tuple[str, ...]:
 
 class Objective(nn.Module):
     name = "base"
+    #: the ``loss`` keys :meth:`from_config` reads (besides ``name``); the others do not change this
+    #: objective, so a study does not refuse a run when only those changed (tested against the reads)
+    reads: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, ignore_index: int, process_group=None):
         super().__init__()
@@ -80,6 +83,7 @@ class PCE(Objective):
 @register("entmini")
 class EntMini(Objective):
     """pCE + λ_ent · mean per-pixel entropy / log K (Grandvalet & Bengio 2004), λ_ent = 0.1."""
+    reads = ("lambda_ent",)
 
     def __init__(self, num_classes, ignore_index, lambda_ent: float = 0.1, process_group=None):
         super().__init__(num_classes, ignore_index, process_group)
@@ -100,6 +104,7 @@ class VanillaMS(Objective):
 
     The data term is a sum over every pixel of every class, averaged over images, so its weight
     depends on the slice size: λ_ms = 5e-5 at 128² is the scale public MS trainings use (docs/METHOD.md)."""
+    reads = ("lambda_ms", "mu")
 
     def __init__(self, num_classes, ignore_index, lambda_ms: float = 5e-5, mu: float = 1e-5, process_group=None):
         super().__init__(num_classes, ignore_index, process_group)
@@ -123,6 +128,7 @@ class PSCV(Objective):
     steps, ``λ_cv(t) = λ_cv · min(1, (t + 1) / warmup)`` for step t (0-based); 0 = none. The trainer
     sets t with :meth:`start_step`; until then t = 0.
     """
+    reads = ("lambda_cv", "mu", "tau", "cv_classes", "gather_dtype", "lambda_cv_warmup", "cv_pool")
 
     def __init__(self, num_classes, ignore_index, lambda_cv: float = 1e-3, mu: float = 1e-5, tau: float = 0.07,
                  cv_classes: str = "all", seed: int = 0, gather_dtype: torch.dtype | None = None,

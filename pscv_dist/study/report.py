@@ -11,6 +11,7 @@ search's best DSC over its searched values.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from typing import Any
 import numpy as np
 
 from .plan import Run, Study, fingerprint
+from .provenance import config_drift, describe
 from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, record_path, searched_values
+
+log = logging.getLogger(__name__)
 
 
 def collect(study: Study, out: Path) -> list[dict[str, Any]]:
@@ -31,12 +35,17 @@ def collect(study: Study, out: Path) -> list[dict[str, Any]]:
         if not rec or rec.get("status") != "done" or None in evals.values():
             continue
         searched = searched_values(study, study.searches[run.search], out) if run.search else {}
-        if searched is None or rec.get("fingerprint") != fingerprint(study.run_overrides(run, out, searched)):
+        overrides = study.run_overrides(run, out, searched) if searched is not None else None
+        if overrides is None or rec.get("fingerprint") != fingerprint(overrides):
+            continue
+        drift = config_drift(run.folder(out), study.config, overrides)
+        if drift:
+            log.warning("%s left out of the report: trained with %s", run.key, describe(drift))
             continue
         curve = []
-        log = run.folder(out) / "train_log.jsonl"
-        if log.is_file():
-            for line in log.read_text().splitlines():
+        train_log = run.folder(out) / "train_log.jsonl"
+        if train_log.is_file():
+            for line in train_log.read_text().splitlines():
                 r = json.loads(line)
                 if r.get("val_mean_dsc") is not None:
                     curve.append((r["step"], r["val_mean_dsc"]))

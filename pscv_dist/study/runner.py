@@ -8,8 +8,9 @@ did is recorded beside its folder, ``runs/<method>/b<budget>_s<seed>.json``:
 - A finished run (record ``done`` with the same fingerprint) is skipped; an interrupted one is
   started again and the trainer resumes it from its last checkpoint; an evaluation that is
   missing is redone.
-- A folder holding a run of other settings (the study file changed) is refused, never replaced:
-  move it away or use another ``--out``.
+- A folder holding a run of other settings is refused, never replaced: the study file changed
+  (its fingerprint), or the preset or pscv-dist's defaults did (the config its checkpoint saved,
+  :mod:`.provenance`). Move it away or use another ``--out``.
 - Runs go ``--parallel`` at a time on this machine (each with ``cpus // parallel`` threads), or,
   with ``--address``, as Ray tasks on a cluster (``--cpus-per-run``/``--gpus-per-run``); ``--out``
   must then be on storage every node sees.
@@ -32,6 +33,7 @@ import yaml
 from ..errors import ConfigError
 from ..files import RunLock, absolute_local, write_json_atomic
 from .plan import Run, Search, Study, check_study, fingerprint
+from .provenance import config_drift, describe
 
 log = logging.getLogger(__name__)
 CONVENTIONS = ("strict", "literature")
@@ -205,7 +207,7 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
     for name in sorted(needed):
         check_search_folder(study, study.searches[name], opts.out)
     todo_searches = [study.searches[s] for s in sorted(needed) if searched_values(study, study.searches[s], opts.out) is None]
-    todo, done = [], []
+    todo, done, drifted = [], [], []
     for run in runs:
         searched = searched_values(study, study.searches[run.search], opts.out) if run.search else {}
         overrides = study.run_overrides(run, opts.out, searched)
@@ -214,10 +216,17 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
             continue
         fp = fingerprint(overrides)
         check_owned(run.folder(opts.out), record_path(run, opts.out), fp, "run", run.key)
+        drift = config_drift(run.folder(opts.out), study.config, overrides)
+        if drift:
+            drifted.append(f"{run.folder(opts.out)}: trained with {describe(drift)}")
         rec = read_record(record_path(run, opts.out))
         finished = rec is not None and rec.get("status") == "done" and all(
             eval_path(run, opts.out, c).is_file() for c in CONVENTIONS)
         (done if finished else todo).append(run if finished else (run, overrides))
+    if drifted:
+        more = f" (and {len(drifted) - 1} more run(s))" if len(drifted) > 1 else ""
+        raise ConfigError(f"{drifted[0]}{more}: the config preset or pscv-dist's defaults changed since it "
+                          "was trained; move the run folder away to train it again, or choose another --out")
     return todo, done, todo_searches
 
 

@@ -75,6 +75,21 @@ def test_pscv_reads_every_key_of_its_config():
     assert build_objective(dataclasses.replace(cfg, gather_dtype="float32"), 3, 3, seed=0).cv.gather_dtype is None
 
 
+@pytest.mark.parametrize("name", objective_names())
+def test_each_objective_declares_exactly_the_loss_keys_it_reads(name):
+    """``reads`` (what a study compares when a default changes) is what from_config really reads."""
+    read = set()
+
+    class Recording:
+        def __getattr__(self, key):
+            read.add(key)
+            return getattr(LossConfig(name=name), key)
+
+    build_objective(Recording(), 3, 3, seed=0)
+    assert read - {"name"} == set(OBJECTIVES[name].reads)
+    assert set(OBJECTIVES[name].reads) <= {f.name for f in dataclasses.fields(LossConfig)}
+
+
 def test_lambda_cv_warm_up_is_owned_by_the_objective():
     """λ(t) = λ_cv · min(1, (t+1)/warmup) for optimizer step t, set by start_step; the loss uses it."""
     batch, logits = _batch(), torch.randn(4, 3, 8, 8)

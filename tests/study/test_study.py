@@ -96,6 +96,54 @@ def test_a_changed_method_is_refused_not_overwritten(finished, tmp_path):
     assert sorted(p.name for p in (out / "runs" / "pscv").iterdir()) == before
 
 
+def _retrain_state(run_folder: Path, **changes) -> None:
+    """Rewrite the config the run's checkpoint saved, as an older pscv-dist would have saved it:
+    ``{"optim.momentum": 0.5}`` sets a value, ``None`` drops the key (an option added since)."""
+    import torch
+
+    from pscv_dist.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(run_folder / "checkpoints") / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        if value is None:
+            del state["config"][section][name]
+        else:
+            state["config"][section][name] = value
+    torch.save(state, path)
+
+
+def test_a_run_trained_under_other_defaults_is_refused_and_left_out_of_the_report(finished, tmp_path):
+    """The fingerprint covers the study's overrides; a default that changed under a finished run (a
+    newer pscv-dist, an edited preset) is found in the config its checkpoint saved."""
+    import shutil
+
+    from pscv_dist.study.report import collect
+
+    path, out, _ = finished
+    study = load_study(path)
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    # what does not change what a run learns is not a change: a loss key its objective ignores
+    # (pCE and loss.lambda_ms), bookkeeping, an option the run predates
+    _retrain_state(study.runs(["pce"], None, [0])[0].folder(copy),
+                   **{"loss.lambda_ms": 0.123, "train.log_every": 99, "loss.cv_pool": None})
+    _retrain_state(study.runs(["pscv"], None, [0])[0].folder(copy), **{"loss.lambda_ms": 0.123})
+    assert run_study(study, RunOptions(out=copy))["failed"] == []
+    assert len(collect(study, copy)) == 6
+    # what does: a learning-rate schedule, a loss key PSCV reads
+    _retrain_state(study.runs(["pce"], None, [1])[0].folder(copy), **{"optim.momentum": 0.5})
+    _retrain_state(study.runs(["pscv"], None, [1])[0].folder(copy), **{"loss.mu": 0.5})
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"runs/pce/b4_s1: trained with optim.momentum=0.5 \(now 0.9\) "
+                                          r"\(and 1 more run\(s\)\): the config preset or pscv-dist's defaults"):
+        run_study(study, RunOptions(out=copy))
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
+    assert sorted(row["run"].key for row in collect(study, copy)) == ["fullsup/b4_s0", "fullsup/b4_s1", "pce/b4_s0",
+                                                                     "pscv/b4_s0"]
+
+
 def test_the_report_agrees_with_the_evaluation_files(finished):
     path, out, _ = finished
     study = load_study(path)
