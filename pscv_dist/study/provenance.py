@@ -47,5 +47,5 @@ def config_drift(run_folder: Path, config: str, overrides: list[str]) -> dict[st
             and not key.startswith(BOOKKEEPING_KEYS) and (not key.startswith("loss.") or key in reads)}
 
 
-def describe(drift: dict[str, tuple[Any, Any]]) -> str:
+def describe_drift(drift: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key}={old!r} (now {new!r})" for key, (old, new) in sorted(drift.items()))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .plan import Run, Study, fingerprint
-from .provenance import config_drift, describe
+from .provenance import config_drift, describe_drift
 from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, record_path, searched_values
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def collect(study: Study, out: Path) -> list[dict[str, Any]]:
             continue
         drift = config_drift(run.folder(out), study.config, overrides)
         if drift:
-            log.warning("%s left out of the report: trained with %s", run.key, describe(drift))
+            log.warning("%s left out of the report: trained with %s", run.key, describe_drift(drift))
             continue
         curve = []
         train_log = run.folder(out) / "train_log.jsonl"

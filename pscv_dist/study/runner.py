@@ -33,7 +33,7 @@ import yaml
 from ..errors import ConfigError
 from ..files import RunLock, absolute_local, write_json_atomic
 from .plan import Run, Search, Study, check_study, fingerprint
-from .provenance import config_drift, describe
+from .provenance import config_drift, describe_drift
 
 log = logging.getLogger(__name__)
 CONVENTIONS = ("strict", "literature")
@@ -218,7 +218,7 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
         check_owned(run.folder(opts.out), record_path(run, opts.out), fp, "run", run.key)
         drift = config_drift(run.folder(opts.out), study.config, overrides)
         if drift:
-            drifted.append(f"{run.folder(opts.out)}: trained with {describe(drift)}")
+            drifted.append(f"{run.folder(opts.out)}: trained with {describe_drift(drift)}")
         rec = read_record(record_path(run, opts.out))
         finished = rec is not None and rec.get("status") == "done" and all(
             eval_path(run, opts.out, c).is_file() for c in CONVENTIONS)
