@@ -137,20 +137,22 @@ def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path 
     budgets = [b for b in study.budgets if any(r["run"].budget == b and r["curve"] for r in rows)]
     if not budgets:
         return None
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets) + 2.5, 4), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
     for ax, b in zip(axes[0], budgets):
-        for m in study.methods:
+        for i, m in enumerate(study.methods):  # one colour and line style per method, in every panel
             curves = [dict(r["curve"]) for r in rows if r["run"].budget == b and r["run"].method == m and r["curve"]]
             if not curves:
                 continue
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             mean = [np.mean([c[s] for c in curves]) for s in steps]
-            ax.plot(steps, mean, marker="o", ms=3, label=f"{m} (n={len(curves)})")
+            ax.plot(steps, mean, marker="o", ms=3, color=colors[i % 10], linestyle=("-", "--", ":")[i // 10 % 3],
+                    label=f"{m} (n={len(curves)})")
         ax.set_title(f"{b} iterations: validation mean DSC (eval split)")
         ax.set_xlabel("step")
         ax.set_ylabel("mean DSC (strict)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
