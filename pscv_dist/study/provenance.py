@@ -20,6 +20,7 @@ from typing import Any
 
 from ..checkpoint import TRAIN_STATE, latest_checkpoint, read
 from ..config import BOOKKEEPING_KEYS, load_config
+from ..errors import ConfigError
 from ..losses import OBJECTIVES
 
 
@@ -34,10 +35,20 @@ def trained_config(run_folder: Path) -> dict[str, Any] | None:
     return None if ckpt is None else _flat(read(ckpt / TRAIN_STATE)["config"])
 
 
-def config_drift(run_folder: Path, config: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (trained, now)}`` for every key that decides what the run learns and differs."""
-    trained = trained_config(run_folder)
+def config_drift(run_folder: Path, record: dict[str, Any] | None, config: str,
+                 overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (trained, now)}`` for every key that decides what the run learns and differs.
+
+    The trained config comes from the run's latest checkpoint, else from its record (``"config"``,
+    written when the run finished, so deleting checkpoints to save space keeps it checkable).
+    Nothing to compare is no drift for a run not finished (it starts again from scratch); for a
+    finished one it is refused (:class:`ConfigError`): its numbers could come from anything."""
+    trained = trained_config(run_folder) or (record or {}).get("config")
     if trained is None:
+        if (record or {}).get("status") == "done":
+            raise ConfigError(f"{run_folder}: finished, but neither a checkpoint nor its record "
+                              f"{run_folder.name}.json says which config it was trained with; move both away "
+                              "to train it again")
         return {}
     now = load_config(config, overrides).flat()
     set_by_overrides = {o.split("=", 1)[0] for o in overrides}

@@ -4,9 +4,9 @@ For each budget and convention, per method over its finished seeds: per-class an
 HD95 as mean ± sample std; the paired difference of mean DSC against the reference method, seed
 by seed, with a 95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both
 methods finished are paired); the share of the reference → upper gap a method closes,
-(DSC_m - DSC_ref) / (DSC_upper - DSC_ref) on the seed means; the training wall time. Figures:
-validation curves (mean over seeds), overlays of the same eval slices for every method, and each
-search's best DSC over its searched values.
+mean(DSC_m - DSC_ref) / mean(DSC_upper - DSC_ref) over the seeds all three share; the training
+wall time. Figures: validation curves (mean over seeds), overlays of the same eval slices for
+every method, and each search's best DSC over its searched values.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PscvError
 from .plan import Run, Study, fingerprint
 from .provenance import config_drift, describe_drift
 from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, record_path, searched_values
@@ -25,9 +26,11 @@ from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, rec
 log = logging.getLogger(__name__)
 
 
-def collect(study: Study, out: Path) -> list[dict[str, Any]]:
+def collect(study: Study, out: Path, left_out: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per finished run of the study file as it is now: its evaluations (both
-    conventions), wall time and val curve. A run made with other settings is left out."""
+    conventions), wall time and val curve. A run made with other overrides is not this study's;
+    a run whose trained config differs from today's, or cannot be read, is left out and, with
+    ``left_out``, listed there with the reason."""
     rows = []
     for run in study.runs():
         rec = read_record(record_path(run, out))
@@ -38,9 +41,15 @@ def collect(study: Study, out: Path) -> list[dict[str, Any]]:
         overrides = study.run_overrides(run, out, searched) if searched is not None else None
         if overrides is None or rec.get("fingerprint") != fingerprint(overrides):
             continue
-        drift = config_drift(run.folder(out), study.config, overrides)
+        try:
+            drift = config_drift(run.folder(out), rec, study.config, overrides)
+        except PscvError as exc:
+            drift = str(exc)
         if drift:
-            log.warning("%s left out of the report: trained with %s", run.key, describe_drift(drift))
+            why = drift if isinstance(drift, str) else f"trained with {describe_drift(drift)}"
+            log.warning("%s left out of the report: %s", run.key, why)
+            if left_out is not None:
+                left_out.append(f"`{run.key}`: {why}")
             continue
         curve = []
         train_log = run.folder(out) / "train_log.jsonl"
@@ -58,6 +67,16 @@ def t975(df: int) -> float:
     from scipy.stats import t
 
     return float(t.ppf(0.975, df))
+
+
+def gap_closed(m: dict[int, float], ref: dict[int, float], up: dict[int, float]) -> tuple[float, int] | None:
+    """(mean(m − ref) / mean(up − ref), seeds) over the seeds all three share: the share of the
+    reference → upper gap a method closes, paired like Δ; None without a shared seed or a gap."""
+    seeds = sorted(set(m) & set(ref) & set(up))
+    if not seeds:
+        return None
+    gap = np.mean([up[s] - ref[s] for s in seeds])
+    return (float(np.mean([m[s] - ref[s] for s in seeds]) / gap), len(seeds)) if gap else None
 
 
 def paired_interval(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int] | None:
@@ -99,8 +118,6 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
             dsc = {m: {r["run"].seed: r["evals"][conv]["mean_dsc"] for r in rs if r["evals"][conv]["mean_dsc"] is not None}
                    for m, rs in by_method.items()}
             ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
-            ref_mean = np.mean(list(ref.values())) if ref else None
-            up_mean = np.mean(list(up.values())) if up else None
             head = ["method", "seeds", "mean DSC", *[f"DSC {c}" for c in classes], f"mean HD95 ({unit})",
                     *[f"HD95 {c}" for c in classes], f"Δ DSC vs {study.reference} [95% CI]",
                     "gap closed", "train (min)", "paper DSC", "paper HD95"]
@@ -113,10 +130,8 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                 diff = paired_interval(dsc[m], ref) if m != study.reference else None
                 dtxt = "—" if diff is None else (f"{diff[0]:+.3f} [{diff[0] - diff[1]:+.3f}, {diff[0] + diff[1]:+.3f}]"
                                                  if not math.isnan(diff[1]) else f"{diff[0]:+.3f} (n=1)")
-                gap = "—"
-                if ref_mean is not None and up_mean is not None and up_mean != ref_mean and m not in (study.reference, study.upper):
-                    if dsc[m]:
-                        gap = f"{(np.mean(list(dsc[m].values())) - ref_mean) / (up_mean - ref_mean):+.0%}"
+                share = gap_closed(dsc[m], ref, up) if m not in (study.reference, study.upper) else None
+                gap = "—" if share is None else f"{share[0]:+.0%}" + (f" (n={share[1]})" if share[1] < len(rs) else "")
                 paper = study.paper.get(m, {})
                 cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
                          *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
@@ -138,7 +153,7 @@ def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path 
     if not budgets:
         return None
     fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets) + 2.5, 4), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    colors = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors, *plt.get_cmap("Set1").colors]
     for ax, b in zip(axes[0], budgets):
         for i, m in enumerate(study.methods):  # one colour and line style per method, in every panel
             curves = [dict(r["curve"]) for r in rows if r["run"].budget == b and r["run"].method == m and r["curve"]]
@@ -146,7 +161,7 @@ def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path 
                 continue
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             mean = [np.mean([c[s] for c in curves]) for s in steps]
-            ax.plot(steps, mean, marker="o", ms=3, color=colors[i % 10], linestyle=("-", "--", ":")[i // 10 % 3],
+            ax.plot(steps, mean, marker="o", ms=3, color=colors[i % len(colors)], linestyle=("-", "--")[i >= 10],
                     label=f"{m} (n={len(curves)})")
         ax.set_title(f"{b} iterations: validation mean DSC (eval split)")
         ax.set_xlabel("step")
@@ -263,7 +278,8 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
     from ..files import write_atomic
 
     check_study_folder(out)
-    rows = collect(study, out)
+    left_out: list[str] = []
+    rows = collect(study, out, left_out)
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     total = len(study.runs())
@@ -280,6 +296,8 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
             f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
             + ("\n".join(searched) + "\n\n" if searched else "")
+            + ("Left out (their config differs from what the study resolves now; move them away to "
+               "train them again):\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
             + tables(study, rows) + "\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
     return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "figures": [str(f) for f in figs]}

@@ -33,7 +33,7 @@ import yaml
 from ..errors import ConfigError
 from ..files import RunLock, absolute_local, write_json_atomic
 from .plan import Run, Search, Study, check_study, fingerprint
-from .provenance import config_drift, describe_drift
+from .provenance import config_drift, describe_drift, trained_config
 
 log = logging.getLogger(__name__)
 CONVENTIONS = ("strict", "literature")
@@ -216,17 +216,18 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
             continue
         fp = fingerprint(overrides)
         check_owned(run.folder(opts.out), record_path(run, opts.out), fp, "run", run.key)
-        drift = config_drift(run.folder(opts.out), study.config, overrides)
+        rec = read_record(record_path(run, opts.out))
+        drift = config_drift(run.folder(opts.out), rec, study.config, overrides)
         if drift:
             drifted.append(f"{run.folder(opts.out)}: trained with {describe_drift(drift)}")
-        rec = read_record(record_path(run, opts.out))
         finished = rec is not None and rec.get("status") == "done" and all(
             eval_path(run, opts.out, c).is_file() for c in CONVENTIONS)
         (done if finished else todo).append(run if finished else (run, overrides))
     if drifted:
         more = f" (and {len(drifted) - 1} more run(s))" if len(drifted) > 1 else ""
-        raise ConfigError(f"{drifted[0]}{more}: the config preset or pscv-dist's defaults changed since it "
-                          "was trained; move the run folder away to train it again, or choose another --out")
+        raise ConfigError(f"{drifted[0]}{more}: the study's config, its preset or pscv-dist's defaults changed "
+                          "since; move the run folder and its record (<folder>.json) away to train it again, "
+                          "or choose another --out")
     return todo, done, todo_searches
 
 
@@ -302,6 +303,8 @@ def _run_locked(study: Study, opts: RunOptions) -> dict[str, Any]:
                 elif k != "rc":
                     rec[k] = v
             rec.update(status="done" if res["rc"] == 0 else "failed", finished=time.time())
+            if res["rc"] == 0:  # what it was trained with, should its checkpoints be deleted later
+                rec["config"] = trained_config(run.folder(opts.out))
             write_json_atomic(rec, record_path(run, opts.out))
             if res["rc"]:
                 failed.append(run.key)

@@ -137,11 +137,44 @@ def test_a_run_trained_under_other_defaults_is_refused_and_left_out_of_the_repor
     _retrain_state(study.runs(["pscv"], None, [1])[0].folder(copy), **{"loss.mu": 0.5})
     before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match=r"runs/pce/b4_s1: trained with optim.momentum=0.5 \(now 0.9\) "
-                                          r"\(and 1 more run\(s\)\): the config preset or pscv-dist's defaults"):
+                                          r"\(and 1 more run\(s\)\): the study's config, its preset or pscv-dist's defaults"):
         run_study(study, RunOptions(out=copy))
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
-    assert sorted(row["run"].key for row in collect(study, copy)) == ["fullsup/b4_s0", "fullsup/b4_s1", "pce/b4_s0",
-                                                                     "pscv/b4_s0"]
+    left_out = []
+    assert sorted(row["run"].key for row in collect(study, copy, left_out)) == ["fullsup/b4_s0", "fullsup/b4_s1",
+                                                                               "pce/b4_s0", "pscv/b4_s0"]
+    assert left_out == ["`pce/b4_s1`: trained with optim.momentum=0.5 (now 0.9)",
+                        "`pscv/b4_s1`: trained with loss.mu=0.5 (now 1e-05)"]
+
+
+def test_a_finished_run_without_checkpoints_is_checked_by_its_record_or_refused(finished, tmp_path):
+    """Checkpoints deleted to save space: the record keeps the config the run was trained with; a
+    finished run with neither cannot be vouched for and is refused, not reported."""
+    import shutil
+
+    from pscv_dist.study.report import collect
+
+    path, out, _ = finished
+    study = load_study(path)
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    run = study.runs(["pce"], None, [0])[0]
+    record = record_path(run, copy)
+    shutil.rmtree(run.folder(copy) / "checkpoints")
+    assert json.loads(record.read_text())["config"]["optim.momentum"] == 0.9
+    assert run_study(study, RunOptions(out=copy))["failed"] == [] and len(collect(study, copy)) == 6
+    rec = json.loads(record.read_text())
+    rec["config"]["optim.momentum"] = 0.5
+    record.write_text(json.dumps(rec))
+    with pytest.raises(ConfigError, match=r"runs/pce/b4_s0: trained with optim.momentum=0.5 \(now 0.9\)"):
+        run_study(study, RunOptions(out=copy))
+    del rec["config"]
+    record.write_text(json.dumps(rec))
+    with pytest.raises(ConfigError, match=r"runs/pce/b4_s0: finished, but neither a checkpoint nor its record "
+                                          r"b4_s0.json says which config"):
+        run_study(study, RunOptions(out=copy))
+    left_out = []
+    assert len(collect(study, copy, left_out)) == 5 and left_out[0].startswith("`pce/b4_s0`: ")
 
 
 def test_the_report_agrees_with_the_evaluation_files(finished):
@@ -165,6 +198,15 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
         assert f"{(np.mean(p) - pce) / (full - pce):+.0%}" in row
     assert "| `pce` |" in text and "0.722" in text  # the paper's number beside ours
     assert "### 4 iterations, `literature` convention" in text
+
+
+def test_gap_closed_pairs_the_seeds_all_three_share():
+    from pscv_dist.study.report import gap_closed
+
+    m, ref, up = {0: 0.7, 1: 0.6, 2: 0.9}, {0: 0.5, 1: 0.6, 2: 0.5}, {0: 0.9, 1: 0.8}
+    share, n = gap_closed(m, ref, up)  # seeds 0 and 1: mean(0.2, 0.0) / mean(0.4, 0.2)
+    assert n == 2 and share == pytest.approx(0.1 / 0.3)
+    assert gap_closed({2: 0.9}, ref, up) is None and gap_closed(m, ref, dict(ref)) is None
 
 
 def test_paired_interval_pairs_only_common_seeds():
