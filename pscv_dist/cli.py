@@ -172,7 +172,7 @@ def _cmd_study(args) -> int:
         if res["failed"]:
             print(f"{len(res['failed'])} run(s) failed: {', '.join(res['failed'])} (logs in {out / 'logs'})")
     rep = write_report(study, out, overlays=not args.no_overlays)
-    print(f"{rep['finished']} of {rep['total']} runs finished; report: {rep['report']}")
+    print(f"{rep['finished']} of {rep['total']} runs finished; report: {rep['report']}, per run: {rep['runs']}")
     return 1 if args.action == "run" and res["failed"] else 0
 
 

@@ -221,20 +221,23 @@ def load_study(path: str | Path) -> Study:
                  _ints(raw.get("budgets"), f"{path}: budgets", 1), reference, upper, searches, methods, paper)
 
 
-def check_study(study: Study, out: Path) -> None:
-    """Build every run's and every search's config (nothing runs): a bad key or value, or a split
-    the store does not have, is refused now rather than hours into the study."""
+def check_study(study: Study, out: Path, methods: list[str] | None = None) -> None:
+    """Build every run's and every search's config (nothing runs): a bad key or value is refused
+    now rather than hours into the study. The stores, splits and space files are checked for the
+    ``methods`` about to run (all by default) and the searches they need, so a subset runs without
+    the stores of the methods it leaves out."""
     from ..config import load_config
     from ..data import SliceStore
 
     stores: dict[str, Any] = {}
+    selected = set(methods or study.methods)
 
-    def config(overrides, where):
+    def config(overrides, where, open_store=True):
         try:
             cfg = load_config(study.config, overrides)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        return cfg, stores.setdefault(cfg.data.store, SliceStore(cfg.data.store))
+        return cfg, stores.setdefault(cfg.data.store, SliceStore(cfg.data.store)) if open_store else None
 
     def cases(store, split, where):
         try:
@@ -246,11 +249,15 @@ def check_study(study: Study, out: Path) -> None:
 
     for run in study.runs(seeds=[study.seeds[0]], budgets=[study.budgets[0]]):
         where = f"{study.source}: methods.{run.method}"
-        _, store = config(study.run_overrides(run, out), where)
-        for split in (study.train_split, study.eval_split):
+        _, store = config(study.run_overrides(run, out), where, open_store=run.method in selected)
+        for split in (study.train_split, study.eval_split) if store is not None else ():
             cases(store, split, where)
+    needed = {study.methods[m].get("search") for m in selected} - {None}
     for s in study.searches.values():
         where = f"{study.source}: searches.{s.name}"
+        if s.name not in needed:
+            config([*study.overrides, *s.overrides], where, open_store=False)
+            continue
         _need(Path(s.space).is_file(), where, f"space file {s.space} not found")
         _, store = config([*study.overrides, *s.overrides], where)
         evaluated = set(store.split(study.eval_split))

@@ -1,4 +1,4 @@
-"""``pscv study report``: tables and figures rebuilt from the run folders alone.
+"""``pscv study report``: tables, figures and ``runs.csv`` rebuilt from the run folders alone.
 
 For each budget and convention, per method over its finished seeds: per-class and mean DSC and
 HD95 as mean ± sample std; the paired difference of mean DSC against the reference method, seed
@@ -58,7 +58,8 @@ def collect(study: Study, out: Path, left_out: list[str] | None = None) -> list[
                 r = json.loads(line)
                 if r.get("val_mean_dsc") is not None:
                     curve.append((r["step"], r["val_mean_dsc"]))
-        rows.append({"run": run, "evals": evals, "train_s": rec.get("train_s"), "curve": curve})
+        rows.append({"run": run, "evals": evals, "train_s": rec.get("train_s"), "curve": curve,
+                     "fingerprint": rec["fingerprint"]})
     return rows
 
 
@@ -141,6 +142,34 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def runs_csv(rows: list[dict[str, Any]]) -> str:
+    """One line per finished run and convention, the numbers every table is computed from: method,
+    budget, seed, convention, mean and per-class DSC and HD95, training minutes, fingerprint. It is
+    small and holds no image data, so a study's results can be kept in git next to its file."""
+    import csv
+    import io
+
+    classes = list(dict.fromkeys(c for r in rows for e in r["evals"].values() for c in e["per_class"]))
+    head = ["method", "budget", "seed", "convention", "mean_dsc", "mean_hd95", "hd95_unit",
+            *[f"dsc_{c}" for c in classes], *[f"hd95_{c}" for c in classes], "train_min", "fingerprint"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+
+    def num(v, digits=4):
+        return "" if v is None else f"{v:.{digits}f}"
+    for r in sorted(rows, key=lambda r: (r["run"].budget, r["run"].method, r["run"].seed)):
+        for conv in CONVENTIONS:
+            e = r["evals"][conv]
+            pc = e["per_class"]
+            w.writerow([r["run"].method, r["run"].budget, r["run"].seed, conv, num(e["mean_dsc"]), num(_hd(e), 2),
+                        "mm" if "mean_hd95_mm" in e else "px",
+                        *[num(pc[c]["dsc"]) if c in pc else "" for c in classes],
+                        *[num(_hd(e, c), 2) if c in pc else "" for c in classes],
+                        num(r["train_s"] / 60 if r["train_s"] else None, 1), r["fingerprint"]])
+    return buf.getvalue()
 
 
 def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -300,4 +329,6 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
                "train them again):\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
             + tables(study, rows) + "\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
-    return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "figures": [str(f) for f in figs]}
+    write_atomic(rep / "runs.csv", runs_csv(rows).encode())
+    return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "runs": str(rep / "runs.csv"),
+            "figures": [str(f) for f in figs]}

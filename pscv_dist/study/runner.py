@@ -241,7 +241,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
         raise ConfigError(f"--parallel must be >= 1, got {opts.parallel}")
     opts = dataclasses.replace(opts, out=opts.out.resolve())  # the commands may run in other folders (Ray)
     check_study_folder(opts.out)
-    check_study(study, opts.out)
+    check_study(study, opts.out, opts.methods)
     todo, done, searches = plan_runs(study, opts)
     log.info("study %s: %d run(s) done, %d to run, %d search(es) to run", study.name, len(done), len(todo), len(searches))
     if opts.dry_run:

@@ -198,6 +198,18 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
         assert f"{(np.mean(p) - pce) / (full - pce):+.0%}" in row
     assert "| `pce` |" in text and "0.722" in text  # the paper's number beside ours
     assert "### 4 iterations, `literature` convention" in text
+    # runs.csv: one line per run and convention, the evaluation files' numbers
+    import csv
+
+    lines = list(csv.DictReader(Path(rep["runs"]).open()))
+    assert len(lines) == 6 * 2
+    for line in lines:
+        run = next(r for r in study.runs() if (r.method, r.seed) == (line["method"], int(line["seed"])))
+        ev = json.loads(eval_path(run, out, line["convention"]).read_text())
+        for got, want in [(line["mean_dsc"], ev["mean_dsc"]),
+                          *[(line[f"dsc_{c}"], v["dsc"]) for c, v in ev["per_class"].items()]]:
+            assert (got == "") if want is None else float(got) == pytest.approx(want, abs=5e-5)
+        assert line["fingerprint"] == json.loads(record_path(run, out).read_text())["fingerprint"]
 
 
 def test_gap_closed_pairs_the_seeds_all_three_share():
@@ -241,6 +253,25 @@ def test_dry_run_lists_the_runs_and_writes_nothing(phantom_store, tmp_path, caps
     out = capsys.readouterr().out
     assert "run    pce/b4_s0" in out and "run    pce/b4_s1" in out and "pscv/" not in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_subset_needs_only_its_own_stores_but_every_method_is_still_checked(phantom_store, tmp_path, capsys):
+    """--methods pce runs without the store of a method it leaves out; selecting that method, or a
+    bad key in any method, is still refused in one line before anything is written."""
+    missing = tmp_path / "not_prepared.zarr"
+    methods = {"pce": {"loss.name": "pce"}, "pce_other": {"loss.name": "pce", "data.store": str(missing)}}
+    path = study_file(tmp_path, phantom_store, methods=methods, upper=None)
+    out = tmp_path / "out"
+    assert cli_main(["study", "run", str(path), "--out", str(out), "--dry-run", "--methods", "pce"]) == 0
+    assert "run    pce/b4_s0" in capsys.readouterr().out
+    assert cli_main(["study", "run", str(path), "--out", str(out), "--dry-run", "--methods", "pce_other"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no pscv store found" in err and len(err.strip().splitlines()) == 1, err
+    methods["pce_other"]["loss.nope"] = 1
+    path = study_file(tmp_path, phantom_store, methods=methods, upper=None)
+    assert cli_main(["study", "run", str(path), "--out", str(out), "--dry-run", "--methods", "pce"]) == 2
+    assert "methods.pce_other: unknown config key loss.nope" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow
