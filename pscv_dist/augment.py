@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .config import AugmentConfig
+from .errors import DataError
 
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 
@@ -152,7 +153,7 @@ class Augmenter:
         image, label, points = batch["image"], batch["label"], batch["points"]
         b, _, h, w = image.shape
         if h != w:
-            raise ValueError(f"augmentation needs square slices, got {h}x{w}")
+            raise DataError(f"augmentation needs square slices, got {h}x{w}")
         mats, mode = sample_matrices(b, h, self.cfg, self.generator(step, rank))
         new_points, ok = move_clicks(points, mats, self.ignore_index)
         new_image, new_label = image.clone(), label.clone()

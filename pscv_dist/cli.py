@@ -7,11 +7,21 @@ import logging
 import sys
 import tempfile
 
-from .errors import cli_boundary
+from .errors import ConfigError, cli_boundary
 
 
 def _csv(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
+
+
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    """``--budgets 800,3000`` as integers; anything else is refused naming the flag."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in _csv(text)]
+    except ValueError:
+        raise ConfigError(f"{flag} {text}: expected comma-separated integers") from None
 
 
 def _cmd_prepare(args) -> int:
@@ -22,9 +32,9 @@ def _cmd_prepare(args) -> int:
         if args.src is not None:
             args.out, args.src = args.src, None
         if args.out is None:
-            raise ValueError("usage: pscv prepare --synthetic N OUT")
+            raise ConfigError("usage: pscv prepare --synthetic N OUT")
     elif args.src is None or args.out is None or args.layout is None:
-        raise ValueError("usage: pscv prepare SRC OUT --layout LAYOUT (or --synthetic N OUT)")
+        raise ConfigError("usage: pscv prepare SRC OUT --layout LAYOUT (or --synthetic N OUT)")
 
     def run(src: str, layout: str) -> str:
         cfg = PrepareConfig(src=src, out=args.out, layout=layout, size=args.size, seed=args.seed,
@@ -91,7 +101,7 @@ def _cmd_predict(args) -> int:
     from .eval.predict import plan_predictions, predict_pairs, write_predictions
 
     if bool(args.checkpoint) == bool(args.model_uri):
-        raise ValueError("give exactly one of --checkpoint CKPT or --model-uri models:/NAME@ALIAS")
+        raise ConfigError("give exactly one of --checkpoint CKPT or --model-uri models:/NAME@ALIAS")
     # every input and output is checked before the model is loaded and before anything is written
     pairs = plan_predictions(args.input, args.output, overwrite=args.overwrite)
     if args.checkpoint:
@@ -115,7 +125,7 @@ def _cmd_register(args) -> int:
     chosen = [flag for flag, v in (("--run", args.run), ("--best-of", args.best_of), ("--version", args.version))
               if v is not None]
     if len(chosen) != 1:
-        raise ValueError(f"give exactly one of --run RUN_ID, --best-of EXPERIMENT or --version V, found "
+        raise ConfigError(f"give exactly one of --run RUN_ID, --best-of EXPERIMENT or --version V, found "
                          f"{' and '.join(chosen) or 'none'}")
     if args.version is not None:
         done = promote(args.name, args.version, args.alias, args.tracking_uri)
@@ -162,8 +172,8 @@ def _cmd_study(args) -> int:
     out = Path(args.out)
     if args.action == "run":
         res = run_study(study, RunOptions(out=out, methods=args.methods and _csv(args.methods),
-                                          budgets=args.budgets and [int(v) for v in _csv(args.budgets)],
-                                          seeds=args.seeds and [int(v) for v in _csv(args.seeds)],
+                                          budgets=_ints(args.budgets, "--budgets"),
+                                          seeds=_ints(args.seeds, "--seeds"),
                                           parallel=args.parallel, address=args.address, cpus_per_run=args.cpus_per_run,
                                           gpus_per_run=args.gpus_per_run, dry_run=args.dry_run))
         if args.dry_run:

@@ -219,7 +219,7 @@ def _coerce(key: str, value: Any, typ) -> Any:
         return _coerce(key, value, inner)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(f"{key}={value}", value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list")
         return [_coerce(key, v, args[0]) for v in value]
@@ -293,8 +293,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value) if value else ""
+        out.setdefault(section, {})[name] = _yaml_value(item, value) if value else ""
     return out
+
+
+def _yaml_value(where: str, text: str) -> Any:
+    """A value written on the command line, read as YAML (``0.1``, ``[0, 1]``, ``true``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where!r}: not a valid value ({' '.join(str(exc).split())})") from None
 
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"

@@ -40,6 +40,13 @@ class StoreError(DataError):
     """A pscv store that is missing, incomplete, corrupt or inconsistent (names the array or case)."""
 
 
+class NotInStore(StoreError, KeyError):
+    """A split or case asked of a store that does not hold it (a ``KeyError`` too, for lookups)."""
+
+    def __str__(self) -> str:  # a KeyError would quote its message
+        return str(self.args[0]) if self.args else ""
+
+
 class CheckpointError(PscvError, ValueError):
     """A checkpoint or model bundle that is missing, truncated, or does not match the config."""
 
@@ -98,9 +105,10 @@ def describe(exc: BaseException) -> str:
     return " ".join(text.splitlines())  # one line, always
 
 
-# What the boundary reports as a user error (the library's own vocabulary, plus what the standard
-# library raises for bad paths); anything else is a bug and keeps its traceback.
-USER_ERRORS = (PscvError, ValueError, KeyError, OSError)
+# What the boundary reports as a user error: the library's own vocabulary, plus what the operating
+# system raises for bad paths. Anything else, a stray ValueError or KeyError included, is a bug and
+# keeps its traceback: code that meets a user's mistake raises a PscvError naming it.
+USER_ERRORS = (PscvError, OSError)
 
 
 def cli_boundary(command: str, fn: Callable[[], int], verbose: bool = False) -> int:

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pscv_dist.cli import main as cli_main
-from pscv_dist.errors import (NonFiniteLoss, StoreError, cli_boundary, describe, unwrap_worker_error)
+from pscv_dist.errors import (ConfigError, NonFiniteLoss, NotInStore, StoreError, cli_boundary, describe,
+                              unwrap_worker_error)
 from pscv_dist.trainer import next_batch
 
 
@@ -24,9 +25,9 @@ def test_user_errors_are_one_line_and_exit_2(capsys):
     assert cli_boundary("x", _raise(StoreError("s.zarr: slices/image: file c/0 is missing"))) == 2
     err = capsys.readouterr().err
     assert err == "pscv x: error: s.zarr: slices/image: file c/0 is missing\n"
-    assert cli_boundary("x", _raise(KeyError("split 'nope' not found"))) == 2
-    assert capsys.readouterr().err == "pscv x: error: split 'nope' not found\n"
-    assert cli_boundary("x", _raise(ValueError("two\nlines"))) == 2
+    assert cli_boundary("x", _raise(NotInStore("s.zarr: split 'nope' not found"))) == 2
+    assert capsys.readouterr().err == "pscv x: error: s.zarr: split 'nope' not found\n"
+    assert cli_boundary("x", _raise(ConfigError("two\nlines"))) == 2
     assert capsys.readouterr().err == "pscv x: error: two lines\n"
 
 
@@ -36,9 +37,22 @@ def test_stopped_run_exits_3_and_verbose_shows_the_traceback(capsys):
     assert "Traceback" in err and err.endswith("pscv train: stopped: step 4: NaN\n")
 
 
-def test_bugs_keep_their_traceback():
-    with pytest.raises(ZeroDivisionError):
-        cli_boundary("x", _raise(ZeroDivisionError("bug")))
+@pytest.mark.parametrize("bug", [ZeroDivisionError("bug"), ValueError("bug"), KeyError("bug"), TypeError("bug")])
+def test_bugs_keep_their_traceback(bug):
+    """Only pscv's own errors and the operating system's are the user's to fix: a stray ValueError
+    or KeyError is a bug, and hiding it behind one line would hide where it came from."""
+    with pytest.raises(type(bug)):
+        cli_boundary("x", _raise(bug))
+
+
+def test_a_missing_split_or_case_is_a_store_error_and_still_a_key_error(phantom_store):
+    from pscv_dist.data import SliceStore
+
+    store = SliceStore(str(phantom_store))
+    for ask in (lambda: store.split("fold9/val"), lambda: store.volume("nope")):
+        with pytest.raises(NotInStore) as err:
+            ask()
+        assert isinstance(err.value, KeyError) and str(phantom_store) in describe(err.value)
 
 
 def test_os_errors_in_words(tmp_path, capsys):

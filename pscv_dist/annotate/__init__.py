@@ -20,7 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def build_session(src: str, out: str, layout: str | None = None, classes: list[s
     from .server import Session
 
     if checkpoint and model_uri:
-        raise ValueError("give at most one of --checkpoint DIR or --model-uri models:/NAME@ALIAS")
+        raise ConfigError("give at most one of --checkpoint DIR or --model-uri models:/NAME@ALIAS")
     if tracking_uri and not model_uri:
-        raise ValueError("--tracking-uri is for --model-uri; give --model-uri too (or drop --tracking-uri)")
+        raise ConfigError("--tracking-uri is for --model-uri; give --model-uri too (or drop --tracking-uri)")
     if Path(out).exists() and Path(src).exists() and Path(out).resolve() == Path(src).resolve():
         raise OutputError(f"--out {out}: is the source folder; give a folder of its own for the markups files")
     dataset = open_dataset(src, layout, classes)
@@ -61,7 +61,7 @@ def build_session(src: str, out: str, layout: str | None = None, classes: list[s
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port`` 0: any free port)."""
     if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port}: expected 0..65535 (0 picks a free port)")
+        raise ConfigError(f"--port {port}: expected 0..65535 (0 picks a free port)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Predictor:
     def __init__(self, classes: list[str], checkpoint: str | None = None, model_uri: str | None = None,
                  tracking_uri: str | None = None, normalization: str | None = None):
         if bool(checkpoint) == bool(model_uri):
-            raise ValueError("give exactly one of --checkpoint DIR or --model-uri models:/NAME@ALIAS")
+            raise ConfigError("give exactly one of --checkpoint DIR or --model-uri models:/NAME@ALIAS")
         self._pyfunc = None
         if checkpoint:
             from ..model.bundle import load_model

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, StoreError
+from ..errors import ConfigError, DataError, StoreError
 
 FORMAT_NAME = "pscv_store"
 FORMAT_VERSION = 3
@@ -93,7 +93,7 @@ class ArraySpec:
                                  config={"write_empty_chunks": True})
         if data is not None:
             if data.shape != self.shape:
-                raise ValueError(f"{self.path}: data shape {data.shape} does not match {self.shape}")
+                raise StoreError(f"{self.path}: data shape {data.shape} does not match {self.shape}")
             arr[...] = data.astype(self.dtype, copy=False)
         return arr
 
@@ -146,7 +146,7 @@ def volume_specs(case: str, shape, n_clicks: int | None = None) -> dict[str, Arr
 def volume_path(case: str, kind: str) -> str:
     """Path of a case's native ``image`` or ``label`` volume inside the store."""
     if kind not in VOLUME_KINDS:
-        raise ValueError(f"volume kind must be one of {VOLUME_KINDS}, got {kind!r}")
+        raise ConfigError(f"volume kind must be one of {VOLUME_KINDS}, got {kind!r}")
     check_case_id(case)
     return f"volumes/{case}/{kind}"
 

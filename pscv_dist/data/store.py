@@ -21,7 +21,7 @@ from . import format as fmt
 from .catalog import content_sha256
 from .integrity import check_complete, filesystem, listing, verify_files
 from .volume_io import check_file
-from ..errors import StoreError
+from ..errors import NotInStore, StoreError
 
 
 class SliceStore:
@@ -167,13 +167,13 @@ class SliceStore:
     def _named_split(self, name: str, expression: str) -> list[str]:
         if name not in self.meta.splits:
             where = "" if name == expression else f" (in {expression!r})"
-            raise KeyError(f"{self.path}: split {name!r}{where} not found; available: {sorted(self.meta.splits)}")
+            raise NotInStore(f"{self.path}: split {name!r}{where} not found; available: {sorted(self.meta.splits)}")
         return list(self.meta.splits[name])
 
     def _known(self, cases: list[str]) -> None:
         unknown = [c for c in cases if c not in self.meta.cases]
         if unknown:
-            raise KeyError(f"{self.path}: case(s) {unknown[:5]} not in the store")
+            raise NotInStore(f"{self.path}: case(s) {unknown[:5]} not in the store")
 
     def slice_indices(self, cases: list[str] | None = None) -> np.ndarray:
         """Indices of the training slices of the given cases (all when None), in store order."""
@@ -236,7 +236,7 @@ class SliceStore:
 
     def volume(self, case: str) -> dict[str, Any]:
         if case not in self.meta.cases:
-            raise KeyError(f"{self.path}: case {case!r} not in the store")
+            raise NotInStore(f"{self.path}: case {case!r} not in the store")
         meta = self.meta.cases[case]
         image, label = self._volume_arrays(case)
         return {
@@ -252,7 +252,7 @@ class SliceStore:
         """(n, 4) int32 imported annotated voxels of a case as (class, z, y, x) in its native (Z, H, W)
         grid, the annotation of record; (0, 4) for a case whose clicks were simulated."""
         if case not in self.meta.cases:
-            raise KeyError(f"{self.path}: case {case!r} not in the store")
+            raise NotInStore(f"{self.path}: case {case!r} not in the store")
         if self.meta.cases[case].imported_clicks is None:
             return np.zeros((0, 4), dtype=np.int32)
         name = fmt.volume_path(case, "clicks")

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 CT_WINDOW = (-125.0, 275.0)
 MR_CLIP_PERCENTILE = 99.0
 NORMALIZATIONS = ("mr", "ct", "none")
@@ -34,7 +36,7 @@ def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
     elif mode == "ct":
         x = np.clip(x, *CT_WINDOW).astype(np.float32)
     else:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+        raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
     lo, hi = float(x.min()), float(x.max())
     if hi <= lo:
         return np.zeros_like(x)

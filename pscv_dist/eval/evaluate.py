@@ -11,7 +11,7 @@ import torch
 
 from ..data import SliceStore
 from ..distributed import DistState, gather_objects
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .inference import predict_volume
 from .metrics import CONVENTIONS, case_metrics, check_edge_filter, edge_filter, summarize
 from ..progress import progress_bar
@@ -47,7 +47,7 @@ def evaluate(model: torch.nn.Module, store: SliceStore, cases: list[str], size: 
     """Per-case and class-averaged 3D Dice / HD95 of ``cases``. Rank r evaluates cases[r::W]; every
     rank gets the gathered results, and keeps its own predictions when ``keep_predictions``."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
+        raise ConfigError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
     check_edge_filter(edge_pixels, case_widths(store, cases))  # every rank, before any case is run
     rank, world = (state.rank, state.world_size) if state is not None else (0, 1)
     mine = cases[rank::world]

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..data.volumes import resize_image, resize_label
+from ..errors import DataError
 
 
 def input_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -22,7 +23,7 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, size: int, batch_s
                    device: torch.device | str = "cpu") -> np.ndarray:
     """(Z, H, W) normalised image -> (Z, H, W) uint8 label map at the native resolution."""
     if image.ndim != 3:
-        raise ValueError(f"expected a (Z, H, W) volume, got shape {image.shape}")
+        raise DataError(f"expected a (Z, H, W) volume, got shape {image.shape}")
     model.eval()
     dtype = input_dtype(model)
     z, h, w = image.shape

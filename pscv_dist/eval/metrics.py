@@ -65,7 +65,7 @@ def class_metrics(pred: np.ndarray, gt: np.ndarray, convention: str = "strict", 
     """Dice, HD95 in voxels and (with ``spacing``) in mm for one class of one case; None = skipped.
     ``empty`` says which mask was empty ("pred", "gt", "both" or None)."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        raise ConfigError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     p, g = pred.astype(bool), gt.astype(bool)
     has_p, has_g = bool(p.any()), bool(g.any())
     out: dict[str, Any]
