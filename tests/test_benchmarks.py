@@ -70,3 +70,25 @@ def test_bench_flops_counts_the_step_and_prints_shares_of_the_measured_peaks():
     # GFLOP/s column = counted FLOPs / step time (printed with rounding)
     ms, rate = float(rows["trainer"][1]), float(rows["trainer"][2])
     assert rate == pytest.approx(gflop / (ms / 1e3), rel=0.05, abs=0.15)
+
+
+@pytest.mark.slow
+def test_bench_scaling_runs_the_trainer_on_1_and_2_ranks_and_counts_ddp_bytes():
+    from pscv_dist.model import UNet
+
+    proc = subprocess.run([sys.executable, "bench_scaling.py", "--size", "32", "--batch", "4", "--steps", "2"],
+                          cwd=ROOT / "benchmarks", env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    rows = [line.rsplit(None, 6) for line in lines if line.startswith(("1 rank", "2 ranks"))]
+    assert [(r[1], r[3]) for r in rows] == [("1", "4"), ("1", "4"), ("2", "8"), ("2", "4")]  # ranks, global batch
+    for r in rows:  # img/s = global batch / step time (both printed rounded)
+        assert float(r[5]) == pytest.approx(int(r[3]) / (float(r[4]) / 1e3), rel=0.05, abs=0.5)
+    # DDP's ring all-reduce: 2(W-1)/W of the UNet's fp32 gradients, counted independently here
+    n = sum(p.numel() for p in UNet(1, 4).parameters())
+    assert f"{n:,} gradients" in proc.stdout
+    ddp = {(int(c[0]), int(c[1])): float(c[2]) for c in (line.split() for line in lines)
+           if len(c) == 7 and c[0] in ("32", "256")}
+    for (size, w), mib in ddp.items():
+        assert mib == pytest.approx(2 * (w - 1) / w * n * 4 / 2**20, abs=0.05)
+    assert sorted(ddp) == [(32, 2), (32, 8), (32, 64), (256, 2), (256, 8), (256, 64)]
