@@ -5,7 +5,10 @@ HD95 as mean ± sample std; the paired difference of mean DSC against the refere
 by seed, with a 95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both
 methods finished are paired); the share of the reference → upper gap a method closes,
 mean(DSC_m - DSC_ref) / mean(DSC_upper - DSC_ref) over the seeds all three share; the training
-wall time. Figures: validation curves (mean over seeds), overlays of the same eval slices for
+wall time. With two budgets or more, a trend table: per method, mean DSC and HD95 at each budget,
+Δ against the reference at each, and the change of Δ from the shortest to the longest budget, paired
+seed by seed, (m_long − ref_long) − (m_short − ref_short), with its 95 % t interval: whether a
+method's gain grows with training length. Figures: validation curves (mean over seeds), overlays of the same eval slices for
 every method, and each search's best DSC over its searched values.
 """
 from __future__ import annotations
@@ -106,6 +109,14 @@ def _ms(values: list[float | None], digits: int = 3) -> str:
     return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
 
 
+def _interval_text(diff: tuple[float, float, int] | None) -> str:
+    if diff is None:
+        return "—"
+    if math.isnan(diff[1]):
+        return f"{diff[0]:+.3f} (n=1)"
+    return f"{diff[0]:+.3f} [{diff[0] - diff[1]:+.3f}, {diff[0] + diff[1]:+.3f}]"
+
+
 def tables(study: Study, rows: list[dict[str, Any]]) -> str:
     parts = []
     for budget in study.budgets:
@@ -129,8 +140,7 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                     continue
                 ev = [r["evals"][conv] for r in rs]
                 diff = paired_interval(dsc[m], ref) if m != study.reference else None
-                dtxt = "—" if diff is None else (f"{diff[0]:+.3f} [{diff[0] - diff[1]:+.3f}, {diff[0] + diff[1]:+.3f}]"
-                                                 if not math.isnan(diff[1]) else f"{diff[0]:+.3f} (n=1)")
+                dtxt = _interval_text(diff)
                 share = gap_closed(dsc[m], ref, up) if m not in (study.reference, study.upper) else None
                 gap = "—" if share is None else f"{share[0]:+.0%}" + (f" (n={share[1]})" if share[1] < len(rs) else "")
                 paper = study.paper.get(m, {})
@@ -142,6 +152,47 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") -> str:
+    """Mean DSC / HD95 at every budget, Δ vs the reference at every budget, and the change of Δ from
+    the shortest to the longest budget (paired per seed, over the seeds the method and the reference
+    finished at both): empty unless some method has runs at two budgets."""
+    budgets = sorted({r["run"].budget for r in rows})
+    if len(budgets) < 2:
+        return ""
+    lo, hi = budgets[0], budgets[-1]
+    dsc: dict[tuple[str, int], dict[int, float]] = {}
+    hd: dict[tuple[str, int], list[float | None]] = {}
+    for r in rows:
+        e = r["evals"][conv]
+        key = (r["run"].method, r["run"].budget)
+        hd.setdefault(key, []).append(_hd(e))
+        if e["mean_dsc"] is not None:
+            dsc.setdefault(key, {})[r["run"].seed] = e["mean_dsc"]
+    ref = study.reference
+    head = ["method", *[f"DSC @{b}" for b in budgets], *[f"HD95 @{b}" for b in budgets],
+            *[f"Δ DSC vs {ref} @{b}" for b in budgets], f"change of Δ, {lo} → {hi} [95% CI]"]
+    lines = [f"### Trend with the budget, `{conv}` convention\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in study.methods:
+        if sum((m, b) in dsc for b in budgets) < 2:
+            continue
+        deltas = [_interval_text(paired_interval(dsc.get((m, b), {}), dsc.get((ref, b), {})))
+                  if m != ref else "—" for b in budgets]
+        if m == ref:  # the reference's own change with the budget
+            change = paired_interval(dsc.get((m, hi), {}), dsc.get((m, lo), {}))
+        else:
+            per_seed = {}
+            for s in set(dsc.get((m, lo), {})) & set(dsc.get((m, hi), {})) & set(dsc.get((ref, lo), {})) \
+                    & set(dsc.get((ref, hi), {})):
+                per_seed[s] = (dsc[m, hi][s] - dsc[ref, hi][s]) - (dsc[m, lo][s] - dsc[ref, lo][s])
+            change = paired_interval(per_seed, {s: 0.0 for s in per_seed})
+        cells = [f"`{m}`" + (" (its own DSC change)" if m == ref else ""),
+                 *[_ms(list(dsc.get((m, b), {}).values())) for b in budgets],
+                 *[_ms(hd.get((m, b), []), 1) for b in budgets], *deltas, _interval_text(change)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 3 else ""
 
 
 def runs_csv(rows: list[dict[str, Any]]) -> str:
@@ -321,13 +372,15 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
         searched.append(f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
                         + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"
                                      for k, val in v.items()) if v else "not run yet"))
+    trend = trend_table(study, rows)
     text = (f"# Study `{study.name}`: {len(rows)} of {total} runs finished\n\n"
             f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
             + ("\n".join(searched) + "\n\n" if searched else "")
             + ("Left out (their config differs from what the study resolves now; move them away to "
                "train them again):\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
-            + tables(study, rows) + "\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
+            + tables(study, rows) + "\n\n" + (trend + "\n\n" if trend else "")
+            + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
     write_atomic(rep / "runs.csv", runs_csv(rows).encode())
     return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "runs": str(rep / "runs.csv"),

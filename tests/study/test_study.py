@@ -420,3 +420,29 @@ def test_the_shipped_study_files_resolve_every_run(path, monkeypatch, tmp_path):
         assert cfg.train.iterations == run.budget and cfg.data.val_split == study.eval_split
     for search in study.searches.values():
         assert Path(search.space).is_file(), search.space
+
+
+def test_the_trend_table_pairs_the_change_of_delta_seed_by_seed():
+    from types import SimpleNamespace
+
+    from pscv_dist.study.plan import Run
+    from pscv_dist.study.report import trend_table
+
+    def row(method, budget, seed, dsc, hd=10.0):
+        return {"run": Run(method, budget, seed, (), None),
+                "evals": {"strict": {"mean_dsc": dsc, "mean_hd95": hd, "per_class": {}}}}
+    study = SimpleNamespace(methods=["pce", "pscv", "ms"], reference="pce")
+    rows = [row("pce", 800, 0, 0.60), row("pce", 800, 1, 0.70), row("pce", 3000, 0, 0.70), row("pce", 3000, 1, 0.75),
+            row("pscv", 800, 0, 0.65), row("pscv", 800, 1, 0.70), row("pscv", 3000, 0, 0.80), row("pscv", 3000, 1, 0.82),
+            row("ms", 800, 0, 0.5)]  # one budget only: no trend row
+    text = trend_table(study, rows)
+    lines = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| `")}
+    assert set(lines) == {"| `pce` (its own DSC change)", "| `pscv`"}
+    # by hand: Δ@800 = (0.05, 0.00), Δ@3000 = (0.10, 0.07); change = (0.05, 0.07): mean 0.06, sd 0.01414,
+    # half-width t(0.975, 1) · sd / √2 = 12.706 · 0.01414 / 1.414 = 0.127
+    cells = [c.strip() for c in lines["| `pscv`"].strip("|").split("|")]
+    assert cells[1:3] == ["0.675 ± 0.035", "0.810 ± 0.014"]
+    assert cells[5:8] == ["+0.025 [-0.293, +0.343]", "+0.085 [-0.106, +0.276]", "+0.060 [-0.067, +0.187]"]
+    # the reference's row: its own gain with the budget, (0.10, 0.05) -> +0.075 ± 12.706 · 0.03536 / √2
+    assert lines["| `pce` (its own DSC change)"].rstrip(" |").endswith("+0.075 [-0.243, +0.393]")
+    assert trend_table(study, [r for r in rows if r["run"].budget == 800]) == ""
