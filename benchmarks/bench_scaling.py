@@ -9,10 +9,12 @@ every step so the slowest rank sets the time. Four configurations, each in fresh
 one rank on 1 thread and on every thread; two ranks on 1 thread each at the same per-rank batch
 (weak scaling: global batch 2b) and at the same global batch (strong scaling: b/2 per rank).
 
-Bytes per rank per step (fp32), from sizes taken off the built model and the objective's maps, for
-W = 2, 8, 64 at the measured size and at the paper's 256²:
-- DDP gradient all-reduce on a ring: 2(W-1)/W of the trainable parameters' bytes;
-- CV term, global pool: (W-1)·b·K·D map values received forward and as many backward;
+Bytes per rank per step (fp32), from the built model's parameter count and the store's K classes
+and D = size² pixels, for W = 2, 8, 64 at the measured size and at the paper's 256²:
+- DDP gradient all-reduce on a ring: 2(W-1)/W of the trainable parameters' bytes (the buffers'
+  broadcast, a few KiB of BatchNorm statistics, is left out);
+- CV term, global pool: (W-1)·b·K·D map values received forward and as many backward (NCCL's
+  reduce-scatter; on gloo the backward all-reduces the whole gathered gradient, about twice that);
 - CV term, pool of P: one ring all-reduce of the (P, K, D) pool forward and one backward
   (``bench_cv_pool.bytes_per_step``).
 """
@@ -21,14 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench_cv_pool import bytes_per_step  # benchmarks/bench_cv_pool.py (the script's own folder)
+from bench_cv_pool import bytes_per_step  # benchmarks/ (the script's own folder)
+from timing import median_time
 
 CONFIGS = [  # (name, ranks, threads per rank, global batch as a multiple of --batch; 0.5 = strong)
     ("1 rank, 1 thread", 1, 1, 1.0),
@@ -45,31 +47,25 @@ def ddp_bytes_per_step(world: int, n_params: int, nbytes: int = 4) -> float:
 
 def _worker(rank, world, threads, overrides, steps, init, out):
     from pscv_dist.config import load_config
-    from pscv_dist.distributed import DistState, init_distributed
+    from pscv_dist.distributed import DistState, barrier
     from pscv_dist.trainer import Trainer
 
     torch.set_num_threads(threads)
+    state = DistState()  # on the CPU cores, also where a GPU is present: this measures the cores
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-        state = init_distributed()  # joins the group just made
-    else:
-        state = DistState()
+        state = DistState(rank, world, 0, "gloo", torch.device("cpu"))
     trainer = Trainer(load_config(None, overrides), state)
     it = trainer.batches()
-    times = []
-    for i in range(2 + steps):
-        if state.distributed:
-            dist.barrier()
-        t0 = time.perf_counter()
+
+    def step():  # the barriers make the slowest rank set the time (no-ops on one rank)
+        barrier(state)
         trainer.train_step(it)
-        if state.distributed:
-            dist.barrier()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+        barrier(state)
+    step_s = median_time(step, steps, warmup=2)
     if rank == 0:
         n_params = sum(p.numel() for p in trainer.engine.module.parameters() if p.requires_grad)
-        torch.save({"step_s": sorted(times)[len(times) // 2], "n_params": n_params,
-                    "classes": trainer.store.num_classes}, out)
+        torch.save({"step_s": step_s, "n_params": n_params, "classes": trainer.store.num_classes}, out)
     if world > 1:
         dist.destroy_process_group()
 

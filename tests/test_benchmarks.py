@@ -87,8 +87,17 @@ def test_bench_scaling_runs_the_trainer_on_1_and_2_ranks_and_counts_ddp_bytes():
     # DDP's ring all-reduce: 2(W-1)/W of the UNet's fp32 gradients, counted independently here
     n = sum(p.numel() for p in UNet(1, 4).parameters())
     assert f"{n:,} gradients" in proc.stdout
-    ddp = {(int(c[0]), int(c[1])): float(c[2]) for c in (line.split() for line in lines)
-           if len(c) == 7 and c[0] in ("32", "256")}
-    for (size, w), mib in ddp.items():
-        assert mib == pytest.approx(2 * (w - 1) / w * n * 4 / 2**20, abs=0.05)
-    assert sorted(ddp) == [(32, 2), (32, 8), (32, 64), (256, 2), (256, 8), (256, 64)]
+    table = {(int(c[0]), int(c[1])): c[2:] for c in (line.split() for line in lines)
+             if len(c) == 7 and c[0] in ("32", "256")}
+    assert sorted(table) == [(32, 2), (32, 8), (32, 64), (256, 2), (256, 8), (256, 64)]
+    b, k = 4, 4  # the phantoms' background + 3 organs
+    for (size, w), (ddp, cv, cv_x, pool, pool_x) in table.items():
+        d = size * size
+        want_ddp = 2 * (w - 1) / w * n * 4
+        want_cv = 2 * (w - 1) * b * k * d * 4  # every other rank's maps, forward and backward
+        want_pool = want_cv if w * b <= 12 else 2 * 2 * (w - 1) / w * 12 * k * d * 4
+        assert float(ddp) == pytest.approx(want_ddp / 2**20, abs=0.05)
+        assert float(cv.replace(",", "")) == pytest.approx(want_cv / 2**20, abs=0.05)
+        assert float(pool.replace(",", "")) == pytest.approx(want_pool / 2**20, abs=0.05)
+        assert float(cv_x.rstrip("x")) == pytest.approx(want_cv / want_ddp, abs=0.05)
+        assert float(pool_x.rstrip("x")) == pytest.approx(want_pool / want_ddp, abs=0.05)

@@ -5,11 +5,12 @@ HD95 as mean ± sample std; the paired difference of mean DSC against the refere
 by seed, with a 95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both
 methods finished are paired); the share of the reference → upper gap a method closes,
 mean(DSC_m - DSC_ref) / mean(DSC_upper - DSC_ref) over the seeds all three share; the training
-wall time. With two budgets or more, a trend table: per method, mean DSC and HD95 at each budget,
-Δ against the reference at each, and the change of Δ from the shortest to the longest budget, paired
-seed by seed, (m_long − ref_long) − (m_short − ref_short), with its 95 % t interval: whether a
-method's gain grows with training length. Figures: validation curves (mean over seeds), overlays of the same eval slices for
-every method, and each search's best DSC over its searched values.
+wall time. With two budgets or more, a trend table: per method, mean DSC and HD95 at each
+budget, Δ against the reference at each, and the change of Δ from the shortest to the longest
+budget, paired seed by seed, (m_long − ref_long) − (m_short − ref_short), with its 95 % t
+interval: whether a method's gain grows with training length. Figures: validation curves (mean
+over seeds), overlays of the same eval slices for every method, and each search's best DSC over
+its searched values.
 """
 from __future__ import annotations
 
@@ -156,43 +157,53 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
 
 def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") -> str:
     """Mean DSC / HD95 at every budget, Δ vs the reference at every budget, and the change of Δ from
-    the shortest to the longest budget (paired per seed, over the seeds the method and the reference
-    finished at both): empty unless some method has runs at two budgets."""
+    the method's shortest to its longest budget that it and the reference both reached on common
+    seeds, paired per seed: (m_hi − ref_hi) − (m_lo − ref_lo). The reference's own row gives its DSC
+    change, DSC_hi − DSC_lo. Empty unless some method has runs at two budgets."""
     budgets = sorted({r["run"].budget for r in rows})
     if len(budgets) < 2:
         return ""
-    lo, hi = budgets[0], budgets[-1]
     dsc: dict[tuple[str, int], dict[int, float]] = {}
     hd: dict[tuple[str, int], list[float | None]] = {}
     for r in rows:
         e = r["evals"][conv]
+        if e["mean_dsc"] is None:  # no score: left out of every column alike
+            continue
         key = (r["run"].method, r["run"].budget)
         hd.setdefault(key, []).append(_hd(e))
-        if e["mean_dsc"] is not None:
-            dsc.setdefault(key, {})[r["run"].seed] = e["mean_dsc"]
+        dsc.setdefault(key, {})[r["run"].seed] = e["mean_dsc"]
     ref = study.reference
-    head = ["method", *[f"DSC @{b}" for b in budgets], *[f"HD95 @{b}" for b in budgets],
-            *[f"Δ DSC vs {ref} @{b}" for b in budgets], f"change of Δ, {lo} → {hi} [95% CI]"]
+    unit = "mm" if any("mean_hd95_mm" in r["evals"][conv] for r in rows) else "px"
+
+    def delta(m: str, b: int) -> dict[int, float]:
+        a, z = dsc.get((m, b), {}), dsc.get((ref, b), {})
+        return {s: a[s] - z[s] for s in set(a) & set(z)} if m != ref else a
+
+    head = ["method", *[f"DSC @{b}" for b in budgets], *[f"HD95 ({unit}) @{b}" for b in budgets],
+            *[f"Δ DSC vs {ref} @{b} [95% CI]" for b in budgets], "change of Δ, shortest → longest [95% CI]"]
     lines = [f"### Trend with the budget, `{conv}` convention\n",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in study.methods:
         if sum((m, b) in dsc for b in budgets) < 2:
             continue
-        deltas = [_interval_text(paired_interval(dsc.get((m, b), {}), dsc.get((ref, b), {})))
-                  if m != ref else "—" for b in budgets]
-        if m == ref:  # the reference's own change with the budget
-            change = paired_interval(dsc.get((m, hi), {}), dsc.get((m, lo), {}))
-        else:
-            per_seed = {}
-            for s in set(dsc.get((m, lo), {})) & set(dsc.get((m, hi), {})) & set(dsc.get((ref, lo), {})) \
-                    & set(dsc.get((ref, hi), {})):
-                per_seed[s] = (dsc[m, hi][s] - dsc[ref, hi][s]) - (dsc[m, lo][s] - dsc[ref, lo][s])
-            change = paired_interval(per_seed, {s: 0.0 for s in per_seed})
+        deltas = ["—" if m == ref else _interval_text(paired_interval(dsc.get((m, b), {}), dsc.get((ref, b), {})))
+                  for b in budgets]
+        paired = [b for b in budgets if delta(m, b)]
+        change_txt = "—"
+        if len(paired) >= 2:
+            lo, hi = paired[0], paired[-1]
+            d_lo, d_hi = delta(m, lo), delta(m, hi)
+            change = paired_interval(d_hi, d_lo)
+            if change is not None:
+                change_txt = f"{_interval_text(change)} ({lo} → {hi}, n={change[2]})"
         cells = [f"`{m}`" + (" (its own DSC change)" if m == ref else ""),
                  *[_ms(list(dsc.get((m, b), {}).values())) for b in budgets],
-                 *[_ms(hd.get((m, b), []), 1) for b in budgets], *deltas, _interval_text(change)]
+                 *[_ms(hd.get((m, b), []), 1) for b in budgets], *deltas, change_txt]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) if len(lines) > 3 else ""
+    if len(lines) == 3:
+        return ""
+    return "\n".join(lines) + (f"\n\nThe change of Δ is paired seed by seed over the seeds a method and `{ref}` "
+                               f"share at both budgets; `{ref}`'s own row gives its DSC gain with the budget.")
 
 
 def runs_csv(rows: list[dict[str, Any]]) -> str:

@@ -431,18 +431,26 @@ def test_the_trend_table_pairs_the_change_of_delta_seed_by_seed():
     def row(method, budget, seed, dsc, hd=10.0):
         return {"run": Run(method, budget, seed, (), None),
                 "evals": {"strict": {"mean_dsc": dsc, "mean_hd95": hd, "per_class": {}}}}
-    study = SimpleNamespace(methods=["pce", "pscv", "ms"], reference="pce")
+    study = SimpleNamespace(methods=["pce", "pscv", "ms", "em"], reference="pce")
     rows = [row("pce", 800, 0, 0.60), row("pce", 800, 1, 0.70), row("pce", 3000, 0, 0.70), row("pce", 3000, 1, 0.75),
+            row("pce", 3000, 2, 0.99),  # no seed 2 at 800 and none for pscv: paired with nothing
             row("pscv", 800, 0, 0.65), row("pscv", 800, 1, 0.70), row("pscv", 3000, 0, 0.80), row("pscv", 3000, 1, 0.82),
-            row("ms", 800, 0, 0.5)]  # one budget only: no trend row
+            row("pscv", 3000, 3, 0.10, hd=500.0),  # a seed pce lacks: in the means, not in any Δ
+            row("pscv", 3000, 4, None, hd=900.0),  # no score: in no column
+            row("ms", 800, 0, 0.5),  # one budget only: no trend row
+            row("em", 800, 0, 0.6), row("em", 3000, 1, 0.9)]  # two budgets, but no seed at both: no change
     text = trend_table(study, rows)
     lines = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| `")}
-    assert set(lines) == {"| `pce` (its own DSC change)", "| `pscv`"}
+    assert set(lines) == {"| `pce` (its own DSC change)", "| `pscv`", "| `em`"}
     # by hand: Δ@800 = (0.05, 0.00), Δ@3000 = (0.10, 0.07); change = (0.05, 0.07): mean 0.06, sd 0.01414,
     # half-width t(0.975, 1) · sd / √2 = 12.706 · 0.01414 / 1.414 = 0.127
     cells = [c.strip() for c in lines["| `pscv`"].strip("|").split("|")]
-    assert cells[1:3] == ["0.675 ± 0.035", "0.810 ± 0.014"]
-    assert cells[5:8] == ["+0.025 [-0.293, +0.343]", "+0.085 [-0.106, +0.276]", "+0.060 [-0.067, +0.187]"]
-    # the reference's row: its own gain with the budget, (0.10, 0.05) -> +0.075 ± 12.706 · 0.03536 / √2
-    assert lines["| `pce` (its own DSC change)"].rstrip(" |").endswith("+0.075 [-0.243, +0.393]")
+    assert cells[1:5] == ["0.675 ± 0.035", f"{np.mean([0.8, 0.82, 0.1]):.3f} ± {np.std([0.8, 0.82, 0.1], ddof=1):.3f}",
+                          "10.0 ± 0.0", f"{np.mean([10, 10, 500]):.1f} ± {np.std([10, 10, 500], ddof=1):.1f}"]
+    assert cells[5:8] == ["+0.025 [-0.293, +0.343]", "+0.085 [-0.106, +0.276]",
+                          "+0.060 [-0.067, +0.187] (800 → 3000, n=2)"]
+    # the reference's row: its own gain with the budget on seeds 0 and 1, (0.10, 0.05) -> +0.075 ± 12.706 · 0.03536 / √2
+    assert lines["| `pce` (its own DSC change)"].rstrip(" |").endswith("+0.075 [-0.243, +0.393] (800 → 3000, n=2)")
+    assert lines["| `em`"].rstrip(" |").endswith("| —")
+    assert "HD95 (px) @800" in text
     assert trend_table(study, [r for r in rows if r["run"].budget == 800]) == ""
