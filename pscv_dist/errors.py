@@ -99,8 +99,6 @@ def describe(exc: BaseException) -> str:
         if exc.filename2:
             where = f"{where} -> {exc.filename2}"
         return f"{where}: {reason}" if where else f"{reason} ({exc})"
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.splitlines())  # one line, always
 

@@ -12,11 +12,15 @@ it in the tables as if nothing had changed. Here the config a run's latest check
   depend on ``loss.lambda_ms``),
 - and was saved at all: an option added after the run (its default keeps the old behaviour, as
   every new option here does) is not a change.
+
+A finished search is checked the same way (:func:`search_drift`), on the config of its best trial.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ..checkpoint import TRAIN_STATE, latest_checkpoint, read
 from ..config import BOOKKEEPING_KEYS, load_config
@@ -50,6 +54,19 @@ def config_drift(run_folder: Path, record: dict[str, Any] | None, config: str,
                               f"{run_folder.name}.json says which config it was trained with; move both away "
                               "to train it again")
         return {}
+    return drift(trained, config, overrides)
+
+
+def search_drift(best_config: Path, config: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """The same comparison for a finished search: the config its best trial ran with
+    (``best_config.yaml``, every key written out) against the one the search's overrides and its
+    searched values resolve now. A search made under other defaults would hand its values to
+    runs that no longer share its setting."""
+    return drift(_flat(yaml.safe_load(best_config.read_text())), config, overrides)
+
+
+def drift(trained: dict[str, Any], config: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (trained, now)}`` over the keys that decide what is learned (the module's rules)."""
     now = load_config(config, overrides).flat()
     set_by_overrides = {o.split("=", 1)[0] for o in overrides}
     reads = {"loss.name", *(f"loss.{k}" for k in OBJECTIVES[now["loss.name"]].reads)}

@@ -41,11 +41,11 @@ def collect(study: Study, out: Path, left_out: list[str] | None = None) -> list[
         evals = {c: read_record(eval_path(run, out, c)) for c in CONVENTIONS}
         if not rec or rec.get("status") != "done" or None in evals.values():
             continue
-        searched = searched_values(study, study.searches[run.search], out) if run.search else {}
-        overrides = study.run_overrides(run, out, searched) if searched is not None else None
-        if overrides is None or rec.get("fingerprint") != fingerprint(overrides):
-            continue
         try:
+            searched = searched_values(study, study.searches[run.search], out) if run.search else {}
+            overrides = study.run_overrides(run, out, searched) if searched is not None else None
+            if overrides is None or rec.get("fingerprint") != fingerprint(overrides):
+                continue
             drift = config_drift(run.folder(out), rec, study.config, overrides)
         except PscvError as exc:
             drift = str(exc)
@@ -379,7 +379,11 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
                         search_figure(study, out, rep / "search.png")) if f]
     searched = []
     for s in study.searches.values():
-        v = searched_values(study, s, out)
+        try:
+            v = searched_values(study, s, out)
+        except PscvError as exc:
+            searched.append(f"- search `{s.name}`: left out, {exc}")
+            continue
         searched.append(f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
                         + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"
                                      for k, val in v.items()) if v else "not run yet"))

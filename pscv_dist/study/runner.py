@@ -32,8 +32,8 @@ import yaml
 
 from ..errors import ConfigError
 from ..files import RunLock, absolute_local, write_json_atomic
-from .plan import Run, Search, Study, check_study, fingerprint
-from .provenance import config_drift, describe_drift, trained_config
+from .plan import Run, Search, Study, check_study, fingerprint, override_value
+from .provenance import config_drift, describe_drift, search_drift, trained_config
 
 log = logging.getLogger(__name__)
 CONVENTIONS = ("strict", "literature")
@@ -110,7 +110,19 @@ def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] |
     for key in space:
         section, name = key.split(".", 1)
         values[key] = cfg[section][name]
+    found = [f"{k}={override_value(v)}" for k, v in values.items()]
+    drift = search_drift(best, study.config, [*search_overrides(study, search), *found])
+    if drift:
+        raise ConfigError(f"{search.folder(out)}: searched with {describe_drift(drift)}: the study's config, its "
+                          "preset or pscv-dist's defaults changed since; move the search folder away to search "
+                          "again, or choose another --out")
     return values
+
+
+def search_overrides(study: Study, search: Search) -> list[str]:
+    """The overrides a search's trials run with, on top of the study's config."""
+    return [*study.overrides, *search.overrides, f"data.train_split={search.train_split}",
+            f"data.val_split={search.val_split}"]
 
 
 PYTHON = "{python}"  # in a command: the interpreter of the process that runs it (a Ray node's own)
@@ -146,9 +158,8 @@ def search_command(study: Study, search: Search, out: Path) -> list[str]:
     cmd = [*_python(), "tune", "--out", str(folder)]
     if resume:
         return [*cmd, "--resume", *search.args]
-    config, overrides = _portable(study.config, [*study.overrides, *search.overrides])
-    return [*cmd, "--config", config, "--space", absolute_local(search.space), *search.args, *overrides,
-            f"data.train_split={search.train_split}", f"data.val_split={search.val_split}"]
+    config, overrides = _portable(study.config, search_overrides(study, search))
+    return [*cmd, "--config", config, "--space", absolute_local(search.space), *search.args, *overrides]
 
 
 def _portable(config: str, overrides: list[str]) -> tuple[str, list[str]]:

@@ -316,6 +316,64 @@ def test_a_searched_method_trains_with_the_best_trials_values(phantom_store, tmp
         run_study(load_study(path), RunOptions(out=tmp_path / "out"))
 
 
+def _finished_search(study, name: str, out: Path, values: dict, **changes) -> Path:
+    """A search folder as ``pscv study run`` leaves it: its record, and the best trial's full config
+    as ``pscv tune`` writes it (every key), with ``changes`` as an older pscv-dist would have run it."""
+    from pscv_dist.config import load_config
+    from pscv_dist.study.plan import override_value
+    from pscv_dist.study.runner import SEARCH_RECORD, search_overrides
+
+    search = study.searches[name]
+    folder = search.folder(out)
+    folder.mkdir(parents=True)
+    (folder / SEARCH_RECORD).write_text(json.dumps({"search": name, "fingerprint": search.fingerprint(study.overrides)}))
+    cfg = load_config(study.config, [*search_overrides(study, search),
+                                     *(f"{k}={override_value(v)}" for k, v in values.items())]).to_dict()
+    for key, value in changes.items():
+        section, key = key.split(".")
+        cfg[section][key] = value
+    (folder / "best_config.yaml").write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+def test_a_search_made_under_other_defaults_is_refused_and_its_runs_left_out(finished, tmp_path):
+    """A finished search hands its values to runs only if the config its best trial ran with is the
+    one the study resolves for it now (the check runs get, on the best trial's config)."""
+    import shutil
+
+    from pscv_dist.study.runner import searched_values
+
+    path, out, _ = finished
+    space = tmp_path / "lr.yaml"
+    space.write_text("optim.lr: {type: grid, values: [0.1, 0.01]}\n")
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["pce_lr"] = {"loss.name": "pce", "search": "lr"}
+    raw["searches"] = {"lr": {"space": str(space), "train_split": "fold0/train&fold1/train", "val_split": "fold1/val",
+                              "overrides": {"train.iterations": 4}, "args": ["--num-samples", "1"]}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    study = load_study(path)
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    # the same setting: a searched value, a loss key pCE ignores and bookkeeping are no change
+    folder = _finished_search(study, "lr", copy, {"optim.lr": 0.01},
+                              **{"loss.lambda_ms": 0.5, "train.log_every": 7, "train.out_dir": "elsewhere"})
+    assert searched_values(study, study.searches["lr"], copy) == {"optim.lr": 0.01}
+    assert run_study(study, RunOptions(out=copy, methods=["pce_lr"], dry_run=True))["todo"] == 2
+    # another momentum under the same space and overrides (same fingerprint): refused, nothing written
+    shutil.rmtree(folder)
+    _finished_search(study, "lr", copy, {"optim.lr": 0.01}, **{"optim.momentum": 0.5})
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"searches/lr: searched with optim.momentum=0.5 \(now 0.9\): the study's "
+                                          r"config, its preset or pscv-dist's defaults changed since"):
+        run_study(study, RunOptions(out=copy, methods=["pce_lr"]))
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
+    # the report leaves the search (and any run of it) out and says why; the other runs stay
+    res = write_report(study, copy, overlays=False)
+    text = Path(res["report"]).read_text()
+    assert res["finished"] == 6 and "- search `lr`: left out, " in text and "optim.momentum=0.5 (now 0.9)" in text
+
+
 def test_an_out_folder_it_did_not_make_is_refused_untouched(phantom_store, tmp_path, capsys):
     """OUT = the folder holding the study file (and the user's own study.yaml, report/): refused."""
     path = study_file(tmp_path, phantom_store)
