@@ -105,6 +105,12 @@ def unit_variance_maps_autograd(probs: torch.Tensor, images: torch.Tensor, eps: 
     return F.normalize(variance_maps(probs, images, eps), dim=-1, eps=eps)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1, keepdim=True)`` as a batched matrix product: one read of each, no
+    (B, K, D) temporary."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1)
+
+
 class _UnitVarianceMaps(torch.autograd.Function):
     """ẑ = z / max(‖z‖, eps), z = (x - c)² p, c = Σxp / (Σp + eps), per (image, class) over pixels,
     with the backward written out (p the only input with a gradient):
@@ -112,19 +118,23 @@ class _UnitVarianceMaps(torch.autograd.Function):
         g_z = (g - ẑ (g·ẑ) [‖z‖ ≥ eps]) / max(‖z‖, eps)
         ∂L/∂c = -2 Σ_r g_z (x - c) p          (c's dependence: ∂c/∂p_r = (x_r - c) / (Σp + eps))
         ∂L/∂p = g_z (x - c)² + ∂L/∂c · (x - c) / (Σp + eps)
+              = (x - c) · (u / max(‖z‖, eps) + ∂L/∂c / (Σp + eps)),   u = (g - ẑ (g·ẑ)[·]) (x - c)
 
-    Four passes over the (B, K, D) maps each way instead of autograd's dozen (a 256² batch of 12:
-    ~2.3x faster on a CPU core); gradcheck-tested against the autograd version."""
+    The pixel sums are matrix products (Σp and Σxp in one read of p, g·ẑ and u·p without a
+    (B, K, D) temporary), and each step writes in place: about half the memory traffic of
+    autograd's generic backward, gradcheck-tested against it (:func:`unit_variance_maps_autograd`).
+    Autocast is off inside: the sums over D = H·W pixels stay in the maps' own dtype."""
 
     @staticmethod
     def forward(ctx, p, x, eps):
-        s = p.sum(-1, keepdim=True).add_(eps)
-        c = (x * p).sum(-1, keepdim=True).div_(s)
-        d = x - c
-        z = d.square().mul_(p)
-        n = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-        nc = n.clamp_min(eps)
-        zh = z.div_(nc)
+        with torch.autocast(p.device.type, enabled=False):
+            sums = torch.matmul(p, torch.cat([x, torch.ones_like(x)], 1).mT)  # (B, K, 2): Σxp, Σp
+            s = sums[..., 1:].add(eps)
+            d = x - sums[..., :1] / s
+            z = d.square().mul_(p)
+            n = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+            nc = n.clamp_min(eps)
+            zh = z.div_(nc)
         ctx.save_for_backward(p, d, zh, nc, s, n >= eps)  # clamp_min passes the gradient at n == eps
         return zh
 
@@ -132,10 +142,10 @@ class _UnitVarianceMaps(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         p, d, zh, nc, s, big = ctx.saved_tensors
-        gz = torch.addcmul(g, zh, (g * zh).sum(-1, keepdim=True) * big, value=-1).div_(nc)
-        gd = gz * d
-        gc = (gd * p).sum(-1, keepdim=True).mul_(-2)
-        return gd.mul_(d).add_(d * (gc / s)), None, None
+        with torch.autocast(p.device.type, enabled=False):
+            u = torch.addcmul(g, zh, _dot(g, zh) * big, value=-1).mul_(d)  # g_z · max(‖z‖, eps) · (x - c)
+            gc_s = _dot(u, p).mul_(-2).div_(nc).div_(s)  # ∂L/∂c / (Σp + eps)
+            return u.div_(nc).add_(gc_s).mul_(d), None, None
 
 
 def unit_variance_maps(probs: torch.Tensor, images: torch.Tensor, eps: float = EPS) -> torch.Tensor:

@@ -112,3 +112,22 @@ def test_unit_variance_maps_backward_matches_autograd_and_gradcheck():
     im = images.clone().requires_grad_(True)
     unit_variance_maps(probs, im).sum().backward()
     assert im.grad is not None
+
+
+def test_unit_variance_maps_keep_their_dtype_under_autocast():
+    """The pixel sums are matrix products, which autocast would run in bf16: it is off inside."""
+    from pscv_dist.losses.functional import unit_variance_maps
+
+    g = torch.Generator().manual_seed(4)
+    probs = torch.randn(2, 3, 16, 16, generator=g).softmax(1)
+    images = torch.rand(2, 1, 16, 16, generator=g)
+    runs = []
+    for amp in (False, True):
+        p = probs.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = unit_variance_maps(p, images)
+            out.square().sum().backward()
+        runs.append((out, p.grad))
+    assert runs[1][0].dtype == runs[1][1].dtype == torch.float32
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-6, atol=1e-7)
