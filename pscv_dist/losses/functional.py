@@ -29,6 +29,7 @@ Without a process group (or with W = 1) both are computed exactly as in one proc
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -105,6 +106,13 @@ def unit_variance_maps_autograd(probs: torch.Tensor, images: torch.Tensor, eps: 
     return F.normalize(variance_maps(probs, images, eps), dim=-1, eps=eps)
 
 
+def _no_autocast(device_type: str):
+    """Autocast off where the device has it (not on ``meta``)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(-1, keepdim=True)`` as a batched matrix product: one read of each, no
     (B, K, D) temporary."""
@@ -123,11 +131,12 @@ class _UnitVarianceMaps(torch.autograd.Function):
     The pixel sums are matrix products (Σp and Σxp in one read of p, g·ẑ and u·p without a
     (B, K, D) temporary), and each step writes in place: about half the memory traffic of
     autograd's generic backward, gradcheck-tested against it (:func:`unit_variance_maps_autograd`).
-    Autocast is off inside: the sums over D = H·W pixels stay in the maps' own dtype."""
+    Autocast is off inside, so the sums over D = H·W pixels run in the maps' own dtype (on CUDA
+    with TF32 matmuls allowed, fp32 sums would be rounded to TF32; pscv-dist leaves TF32 off)."""
 
     @staticmethod
     def forward(ctx, p, x, eps):
-        with torch.autocast(p.device.type, enabled=False):
+        with _no_autocast(p.device.type):
             sums = torch.matmul(p, torch.cat([x, torch.ones_like(x)], 1).mT)  # (B, K, 2): Σxp, Σp
             s = sums[..., 1:].add(eps)
             d = x - sums[..., :1] / s
@@ -142,7 +151,7 @@ class _UnitVarianceMaps(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         p, d, zh, nc, s, big = ctx.saved_tensors
-        with torch.autocast(p.device.type, enabled=False):
+        with _no_autocast(p.device.type):
             u = torch.addcmul(g, zh, _dot(g, zh) * big, value=-1).mul_(d)  # g_z · max(‖z‖, eps) · (x - c)
             gc_s = _dot(u, p).mul_(-2).div_(nc).div_(s)  # ∂L/∂c / (Σp + eps)
             return u.div_(nc).add_(gc_s).mul_(d), None, None

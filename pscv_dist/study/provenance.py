@@ -25,6 +25,7 @@ import yaml
 from ..checkpoint import TRAIN_STATE, latest_checkpoint, read
 from ..config import BOOKKEEPING_KEYS, load_config
 from ..errors import ConfigError
+from ..files import absolute_local
 from ..losses import OBJECTIVES
 
 
@@ -61,8 +62,13 @@ def search_drift(best_config: Path, config: str, overrides: list[str]) -> dict[s
     """The same comparison for a finished search: the config its best trial ran with
     (``best_config.yaml``, every key written out) against the one the search's overrides and its
     searched values resolve now. A search made under other defaults would hand its values to
-    runs that no longer share its setting."""
-    return drift(_flat(yaml.safe_load(best_config.read_text())), config, overrides)
+    runs that no longer share its setting. ``pscv tune`` wrote the store as an absolute path
+    (its trials run in other folders); the same store named relatively is no change."""
+    trained = _flat(yaml.safe_load(best_config.read_text()))
+    store = load_config(config, overrides).data.store
+    if trained.get("data.store") == absolute_local(store):
+        trained["data.store"] = store
+    return drift(trained, config, overrides)
 
 
 def drift(trained: dict[str, Any], config: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:

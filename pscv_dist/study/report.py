@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PscvError
-from .plan import Run, Study, fingerprint
+from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
 from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, record_path, searched_values
 
@@ -324,6 +324,15 @@ def overlays_figure(study: Study, rows: list[dict[str, Any]], out: Path, path: P
     return path
 
 
+def _trusted(study: Study, search: Search, out: Path) -> bool:
+    """The search is the one the study asks for now (or not finished yet): not left out."""
+    try:
+        searched_values(study, search, out)
+    except PscvError:
+        return False
+    return True
+
+
 def search_figure(study: Study, out: Path, path: Path) -> Path | None:
     """Each search's best validation DSC over its first two searched values (log x for λ)."""
     import csv
@@ -333,7 +342,8 @@ def search_figure(study: Study, out: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    found = [(s, s.folder(out) / "results.csv") for s in study.searches.values() if (s.folder(out) / "results.csv").is_file()]
+    found = [(s, s.folder(out) / "results.csv") for s in study.searches.values()
+             if (s.folder(out) / "results.csv").is_file() and _trusted(study, s, out)]
     if not found:
         return None
     fig, axes = plt.subplots(1, len(found), figsize=(5.5 * len(found), 4.2), squeeze=False)
@@ -392,8 +402,8 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
             f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
             + ("\n".join(searched) + "\n\n" if searched else "")
-            + ("Left out (their config differs from what the study resolves now; move them away to "
-               "train them again):\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
+            + ("Left out (the config they, or the search they take values from, ran with differs from "
+               "what the study resolves now; move the folder named away to run it again):\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
             + tables(study, rows) + "\n\n" + (trend + "\n\n" if trend else "")
             + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())

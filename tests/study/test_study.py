@@ -316,22 +316,28 @@ def test_a_searched_method_trains_with_the_best_trials_values(phantom_store, tmp
         run_study(load_study(path), RunOptions(out=tmp_path / "out"))
 
 
+def _best_config(config: str, overrides: list[str], space: Path, folder: Path, values: dict) -> dict:
+    """The best trial's config exactly as ``pscv tune`` writes it (its plan, then its best_config)."""
+    from pscv_dist.tune.results import best_config
+    from pscv_dist.tune.search import TuneOptions, prepare
+
+    plan = prepare(TuneOptions(out=str(folder), config=config, space=str(space), overrides=overrides))
+    return best_config(plan, values)
+
+
 def _finished_search(study, name: str, out: Path, values: dict, **changes) -> Path:
-    """A search folder as ``pscv study run`` leaves it: its record, and the best trial's full config
-    as ``pscv tune`` writes it (every key), with ``changes`` as an older pscv-dist would have run it."""
-    from pscv_dist.config import load_config
-    from pscv_dist.study.plan import override_value
-    from pscv_dist.study.runner import SEARCH_RECORD, search_overrides
+    """A search folder as ``pscv study run`` leaves it: its record, and its best trial's config as
+    ``pscv tune`` writes it, with ``changes`` as an older pscv-dist would have run it."""
+    from pscv_dist.study.runner import SEARCH_RECORD, _portable, search_overrides
 
     search = study.searches[name]
     folder = search.folder(out)
-    folder.mkdir(parents=True)
-    (folder / SEARCH_RECORD).write_text(json.dumps({"search": name, "fingerprint": search.fingerprint(study.overrides)}))
-    cfg = load_config(study.config, [*search_overrides(study, search),
-                                     *(f"{k}={override_value(v)}" for k, v in values.items())]).to_dict()
+    config, overrides = _portable(study.config, search_overrides(study, search))  # as search_command passes them
+    cfg = _best_config(config, overrides, Path(search.space), folder, values)
     for key, value in changes.items():
         section, key = key.split(".")
         cfg[section][key] = value
+    (folder / SEARCH_RECORD).write_text(json.dumps({"search": name, "fingerprint": search.fingerprint(study.overrides)}))
     (folder / "best_config.yaml").write_text(yaml.safe_dump(cfg))
     return folder
 
@@ -360,6 +366,12 @@ def test_a_search_made_under_other_defaults_is_refused_and_its_runs_left_out(fin
                               **{"loss.lambda_ms": 0.5, "train.log_every": 7, "train.out_dir": "elsewhere"})
     assert searched_values(study, study.searches["lr"], copy) == {"optim.lr": 0.01}
     assert run_study(study, RunOptions(out=copy, methods=["pce_lr"], dry_run=True))["todo"] == 2
+    # a finished run of the searched method, as the study would have left it
+    run = study.runs(["pce_lr"], None, [0])[0]
+    record_path(run, copy).parent.mkdir(parents=True)
+    record_path(run, copy).write_text(json.dumps({"status": "done", "fingerprint": "f", "config": {}}))
+    for conv in ("strict", "literature"):
+        shutil.copy(eval_path(study.runs(["pce"], None, [0])[0], copy, conv), eval_path(run, copy, conv))
     # another momentum under the same space and overrides (same fingerprint): refused, nothing written
     shutil.rmtree(folder)
     _finished_search(study, "lr", copy, {"optim.lr": 0.01}, **{"optim.momentum": 0.5})
@@ -368,10 +380,32 @@ def test_a_search_made_under_other_defaults_is_refused_and_its_runs_left_out(fin
                                           r"config, its preset or pscv-dist's defaults changed since"):
         run_study(study, RunOptions(out=copy, methods=["pce_lr"]))
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
-    # the report leaves the search (and any run of it) out and says why; the other runs stay
+    # the report leaves the search and its run out and says why; the other runs stay
     res = write_report(study, copy, overlays=False)
     text = Path(res["report"]).read_text()
-    assert res["finished"] == 6 and "- search `lr`: left out, " in text and "optim.momentum=0.5 (now 0.9)" in text
+    assert res["finished"] == 6 and "- search `lr`: left out, " in text
+    assert "- `pce_lr/b4_s0`: " in text and text.count("optim.momentum=0.5 (now 0.9)") == 2
+
+
+def test_a_search_on_a_store_named_relatively_is_no_drift(phantom_store, tmp_path, monkeypatch):
+    """``pscv tune`` writes the store absolutely; the config that names it relatively (a preset, a
+    study's YAML run from its folder) still matches, and another store does not."""
+    from pscv_dist.study.provenance import search_drift
+
+    monkeypatch.chdir(phantom_store.parent)
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump({"data": {"store": phantom_store.name}, "model": {"base_width": 2}}))
+    space = tmp_path / "lr.yaml"
+    space.write_text("optim.lr: {type: grid, values: [0.1, 0.01]}\n")
+    overrides = ["train.iterations=4", "data.train_split=fold0/train", "data.val_split=fold1/val"]
+    best = tmp_path / "best_config.yaml"
+    cfg = _best_config(str(config), overrides, space, tmp_path / "search", {"optim.lr": 0.01})
+    assert cfg["data"]["store"] == str(phantom_store.resolve())
+    best.write_text(yaml.safe_dump(cfg))
+    assert search_drift(best, str(config), [*overrides, "optim.lr=0.01"]) == {}
+    config.write_text(yaml.safe_dump({"data": {"store": "other.zarr"}, "model": {"base_width": 2}}))
+    assert search_drift(best, str(config), [*overrides, "optim.lr=0.01"]) == {
+        "data.store": (str(phantom_store.resolve()), "other.zarr")}
 
 
 def test_an_out_folder_it_did_not_make_is_refused_untouched(phantom_store, tmp_path, capsys):
