@@ -292,7 +292,8 @@ def _run_locked(study: Study, opts: RunOptions) -> dict[str, Any]:
     todo, done, _ = plan_runs(study, opts)  # the searched runs now have their values
     skipped = [run.key for run, _ in todo if run.search and searched_values(study, study.searches[run.search], opts.out) is None]
     if skipped:
-        log.warning("no best trial in search(es) %s: %s not run", sorted({r.search for r, _ in todo if r.search}), skipped)
+        log.warning("no best trial in search(es) %s: %s not run",
+                    sorted({r.search for r, _ in todo if r.key in skipped}), skipped)
         todo = [(run, o) for run, o in todo if run.key not in skipped]
     failed = []
     bar = progress_bar(total=len(todo) + len(done), initial=len(done), desc="study", unit="run")
