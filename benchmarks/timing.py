@@ -14,3 +14,18 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def median_times(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds of each of ``fns`` (name -> function), timed in turns (a, b, c, a, b, c, ...)
+    so that a slow phase of the machine falls on all of them alike and their ratios stay put."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
