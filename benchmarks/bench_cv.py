@@ -1,7 +1,7 @@
 """CV-term benchmark on CPU: time and peak memory vs its floor, share of a UNet training step, and
 the bytes the cross-rank gather moves.
 
-    python benchmarks/bench_cv.py [--batch 12] [--classes 4] [--size 256] [--repeats 5]
+    python benchmarks/bench_cv.py [--batch 12] [--classes 4] [--size 256] [--repeats 15]
 
 Floor = what any implementation must do: one elementwise pass over the B·K·D maps and the
 (BK×D)·(D×BK) similarity GEMM, forward and backward. Memory: the bytes autograd saves between forward

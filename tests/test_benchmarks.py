@@ -101,3 +101,22 @@ def test_bench_scaling_runs_the_trainer_on_1_and_2_ranks_and_counts_ddp_bytes():
         assert float(pool.replace(",", "")) == pytest.approx(want_pool / 2**20, abs=0.05)
         assert float(cv_x.rstrip("x")) == pytest.approx(want_cv / want_ddp, abs=0.05)
         assert float(pool_x.rstrip("x")) == pytest.approx(want_pool / want_ddp, abs=0.05)
+
+
+def test_median_times_times_the_functions_in_turns():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from timing import median_times
+
+    calls = []
+    got = median_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3  # warm-up each, then turns
+    assert set(got) == {"a", "b"} and all(t >= 0 for t in got.values())
+
+
+@pytest.mark.slow
+def test_bench_cv_prints_its_table_at_toy_size():
+    proc = _run("benchmarks/bench_cv.py", "--size", "16", "--batch", "4", "--repeats", "1", "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = [row[0] for row in res["rows"]]
+    assert "ratio eager CV / floor (goal <= 1.5)" in names and len(res["gather"]) == 6
