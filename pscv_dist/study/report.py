@@ -403,7 +403,8 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
             + ("\n".join(searched) + "\n\n" if searched else "")
             + ("Left out (the config they, or the search they take values from, ran with differs from "
-               "what the study resolves now; move the folder named away to run it again):\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
+               "what the study resolves now; move the folder named away to run it again):\n"
+               + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
             + tables(study, rows) + "\n\n" + (trend + "\n\n" if trend else "")
             + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
