@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..checkpoint import TRAIN_STATE, latest_checkpoint, read
-from ..config import BOOKKEEPING_KEYS, load_config
+from ..config import BOOKKEEPING_KEYS, Config, load_config
 from ..errors import ConfigError
 from ..files import absolute_local
 from ..losses import OBJECTIVES
@@ -55,7 +55,7 @@ def config_drift(run_folder: Path, record: dict[str, Any] | None, config: str,
                               f"{run_folder.name}.json says which config it was trained with; move both away "
                               "to train it again")
         return {}
-    return drift(trained, config, overrides)
+    return drift(trained, load_config(config, overrides), overrides)
 
 
 def search_drift(best_config: Path, config: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
@@ -65,15 +65,16 @@ def search_drift(best_config: Path, config: str, overrides: list[str]) -> dict[s
     runs that no longer share its setting. ``pscv tune`` wrote the store as an absolute path
     (its trials run in other folders); the same store named relatively is no change."""
     trained = _flat(yaml.safe_load(best_config.read_text()))
-    store = load_config(config, overrides).data.store
-    if trained.get("data.store") == absolute_local(store):
-        trained["data.store"] = store
-    return drift(trained, config, overrides)
+    now = load_config(config, overrides)
+    if trained.get("data.store") == absolute_local(now.data.store):
+        trained["data.store"] = now.data.store
+    return drift(trained, now, overrides)
 
 
-def drift(trained: dict[str, Any], config: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (trained, now)}`` over the keys that decide what is learned (the module's rules)."""
-    now = load_config(config, overrides).flat()
+def drift(trained: dict[str, Any], config: Config, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (trained, now)}`` over the keys that decide what is learned (the module's rules);
+    ``config`` is what ``overrides`` resolve now."""
+    now = config.flat()
     set_by_overrides = {o.split("=", 1)[0] for o in overrides}
     reads = {"loss.name", *(f"loss.{k}" for k in OBJECTIVES[now["loss.name"]].reads)}
     return {key: (trained[key], value) for key, value in now.items()
