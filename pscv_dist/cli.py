@@ -181,9 +181,12 @@ def _cmd_study(args) -> int:
             return 0
         if res["failed"]:
             print(f"{len(res['failed'])} run(s) failed: {', '.join(res['failed'])} (logs in {out / 'logs'})")
+        if res["skipped"]:
+            print(f"{len(res['skipped'])} run(s) not run, their search has no best trial: {', '.join(res['skipped'])} "
+                  f"(logs in {out / 'logs'})")
     rep = write_report(study, out, overlays=not args.no_overlays)
     print(f"{rep['finished']} of {rep['total']} runs finished; report: {rep['report']}, per run: {rep['runs']}")
-    return 1 if args.action == "run" and res["failed"] else 0
+    return 1 if args.action == "run" and (res["failed"] or res["skipped"]) else 0
 
 
 def _cmd_bench(args) -> int:

@@ -94,6 +94,7 @@ class Trainer:
         folder (None before the first). Ray Tune and Ray Train report from it (``pscv tune``)."""
         self.cfg, self.state, self.on_validation = cfg, state, on_validation
         self.last_terms: dict[str, float] = {}
+        self._started, self._train_s_before = time.perf_counter(), 0.0  # see train_s
         if not cfg.data.store:
             raise ConfigError("data.store is not set: give the path of a store written by `pscv prepare`")
         self.store = SliceStore(cfg.data.store)
@@ -131,11 +132,19 @@ class Trainer:
         if resumed is not None:
             self.step, self.best = int(resumed["step"]), resumed.get("best", self.best)
             self.n_val, run_id = int(resumed.get("n_val", 0)), resumed.get("mlflow_run_id")
+            self._train_s_before = float(resumed.get("train_s", 0.0))
         self.tracker = Tracker(cfg.tracking, str(self.out), cfg.tracking.enabled and state.is_main,
                                cfg.flat(), resume_run_id=run_id)
         self.log_file = self.out / "train_log.jsonl"
         if resumed is not None and state.is_main:
             _truncate_log(self.log_file, self.step)
+
+    @property
+    def train_s(self) -> float:
+        """Wall seconds this run has trained, set-up and validations included: this attempt's so far
+        plus those of earlier attempts up to the checkpoint it resumed from (work lost after an
+        attempt's last checkpoint is not counted; it is done again)."""
+        return self._train_s_before + time.perf_counter() - self._started
 
     # --- checkpoints ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -150,7 +159,7 @@ class Trainer:
                                 f"saving them. Last good checkpoint: {self.checkpoints.latest() or 'none'}")
         self.checkpoints.save(self.step, self.engine, self.meta(),
                               {"config": self.cfg.to_dict(), "best": self.best, "n_val": self.n_val,
-                               "mlflow_run_id": self.tracker.run_id})
+                               "mlflow_run_id": self.tracker.run_id, "train_s": self.train_s})
 
     # --- data -------------------------------------------------------------------------------------
     def batches(self):
@@ -270,7 +279,8 @@ class Trainer:
             self.tracker.end(status)
         summary = {"step": self.step, "best": self.best, "out_dir": str(self.out),
                    "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
-                   "val_mean_dsc": None if last_val is None else last_val.results["mean_dsc"]}
+                   "val_mean_dsc": None if last_val is None else last_val.results["mean_dsc"],
+                   "train_s": round(self.train_s, 3)}
         if self.state.is_main:
             write_json_atomic(summary, self.out / SUMMARY)
         return summary

@@ -106,7 +106,7 @@ class Study:
             for seed in seeds or self.seeds:
                 for m in methods or list(self.methods):
                     spec = self.methods[m]
-                    own = tuple(f"{k}={override_value(v)}" for k, v in spec.items() if k != "search")
+                    own = tuple(as_overrides({k: v for k, v in spec.items() if k != "search"}))
                     out.append(Run(m, budget, seed, own, spec.get("search")))
         return out
 
@@ -127,13 +127,17 @@ class Study:
                  f"train.iterations={run.budget}", f"train.seed={run.seed}", f"train.out_dir={folder}",
                  f"tracking.tracking_uri={self.tracking(out)[0]}", f"tracking.artifact_location={self.tracking(out)[1]}",
                  f"tracking.experiment={self.experiment}", f"tracking.run_name={run.key}"]
-        found = [f"{k}={override_value(v)}" for k, v in (searched or {}).items()]
-        return [*self.overrides, *run.overrides, *found, *fixed]
+        return [*self.overrides, *run.overrides, *as_overrides(searched or {}), *fixed]
 
 
 def override_value(v: Any) -> str:
     """A value as ``key=value`` on the command line writes it (YAML reads JSON)."""
     return v if isinstance(v, str) else json.dumps(v)
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """``{key: value}`` as ``key=value`` overrides."""
+    return [f"{k}={override_value(v)}" for k, v in values.items()]
 
 
 WHERE_KEYS = ("train.out_dir=", "tracking.")  # where a run is written, not what it is
@@ -160,7 +164,7 @@ def _overrides(raw: Any, where: str, reserved: tuple[str, ...] = RUN_KEYS) -> tu
     for k, _ in items:
         _need(isinstance(k, str) and "." in k, where, f"expected section.key names, found {k!r}")
         _need(k not in reserved, where, f"{k} is set by the study for every run; it cannot be overridden")
-    return tuple(f"{k}={override_value(v)}" for k, v in items)
+    return tuple(as_overrides(dict(items)))
 
 
 def _ints(raw: Any, where: str, lo: int) -> tuple[int, ...]:

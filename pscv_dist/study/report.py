@@ -25,24 +25,25 @@ import numpy as np
 from ..errors import PscvError
 from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
-from .runner import CONVENTIONS, check_study_folder, eval_path, read_record, record_path, searched_values
+from .runner import CONVENTIONS, SearchedValues, check_study_folder, eval_path, read_record, record_path
 
 log = logging.getLogger(__name__)
 
 
-def collect(study: Study, out: Path, left_out: list[str] | None = None) -> list[dict[str, Any]]:
+def collect(study: Study, out: Path, left_out: list[str] | None = None,
+            values: SearchedValues | None = None) -> list[dict[str, Any]]:
     """One row per finished run of the study file as it is now: its evaluations (both
     conventions), wall time and val curve. A run made with other overrides is not this study's;
     a run whose trained config differs from today's, or cannot be read, is left out and, with
     ``left_out``, listed there with the reason."""
-    rows = []
+    rows, values = [], values or SearchedValues(study, out)
     for run in study.runs():
         rec = read_record(record_path(run, out))
         evals = {c: read_record(eval_path(run, out, c)) for c in CONVENTIONS}
         if not rec or rec.get("status") != "done" or None in evals.values():
             continue
         try:
-            searched = searched_values(study, study.searches[run.search], out) if run.search else {}
+            searched = values(run.search) if run.search else {}
             overrides = study.run_overrides(run, out, searched) if searched is not None else None
             if overrides is None or rec.get("fingerprint") != fingerprint(overrides):
                 continue
@@ -324,16 +325,16 @@ def overlays_figure(study: Study, rows: list[dict[str, Any]], out: Path, path: P
     return path
 
 
-def _trusted(study: Study, search: Search, out: Path) -> bool:
+def _trusted(search: Search, values: SearchedValues) -> bool:
     """The search is the one the study asks for now (or not finished yet): not left out."""
     try:
-        searched_values(study, search, out)
+        values(search.name)
     except PscvError:
         return False
     return True
 
 
-def search_figure(study: Study, out: Path, path: Path) -> Path | None:
+def search_figure(study: Study, out: Path, path: Path, values: SearchedValues | None = None) -> Path | None:
     """Each search's best validation DSC over its first two searched values (log x for λ)."""
     import csv
 
@@ -342,8 +343,9 @@ def search_figure(study: Study, out: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    values = values or SearchedValues(study, out)
     found = [(s, s.folder(out) / "results.csv") for s in study.searches.values()
-             if (s.folder(out) / "results.csv").is_file() and _trusted(study, s, out)]
+             if (s.folder(out) / "results.csv").is_file() and _trusted(s, values)]
     if not found:
         return None
     fig, axes = plt.subplots(1, len(found), figsize=(5.5 * len(found), 4.2), squeeze=False)
@@ -380,17 +382,18 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
 
     check_study_folder(out)
     left_out: list[str] = []
-    rows = collect(study, out, left_out)
+    values = SearchedValues(study, out)
+    rows = collect(study, out, left_out, values)
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     total = len(study.runs())
     figs = [f for f in (curves_figure(study, rows, rep / "curves.png"),
                         overlays_figure(study, rows, out, rep / "overlays.png") if overlays and rows else None,
-                        search_figure(study, out, rep / "search.png")) if f]
+                        search_figure(study, out, rep / "search.png", values)) if f]
     searched = []
     for s in study.searches.values():
         try:
-            v = searched_values(study, s, out)
+            v = values(s.name)
         except PscvError as exc:
             searched.append(f"- search `{s.name}`: left out, {exc}")
             continue

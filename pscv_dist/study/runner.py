@@ -3,7 +3,8 @@
 Each run is a normal ``pscv train`` (a subprocess, tracked in the study's MLflow store) followed by
 ``pscv evaluate`` of its final checkpoint on the eval split in both conventions. What a run
 did is recorded beside its folder, ``runs/<method>/b<budget>_s<seed>.json``:
-``{"status": "submitted"|"done"|"failed", "fingerprint", "overrides", "train_s", "eval_s", ...}``.
+``{"status": "submitted"|"done"|"failed", "fingerprint", "overrides", "train_s", "eval_s", ...}``
+(``train_s``: the trainer's own count, which spans the attempts of a resumed run).
 
 - A finished run (record ``done`` with the same fingerprint) is skipped; an interrupted one is
   started again and the trainer resumes it from its last checkpoint; an evaluation that is
@@ -30,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PscvError
 from ..files import RunLock, absolute_local, write_json_atomic
-from .plan import Run, Search, Study, check_study, fingerprint, override_value
+from .plan import Run, Search, Study, as_overrides, check_study, fingerprint
 from .provenance import config_drift, describe_drift, search_drift, trained_config
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,34 @@ def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] |
     for key in space:
         section, name = key.split(".", 1)
         values[key] = cfg[section][name]
-    found = [f"{k}={override_value(v)}" for k, v in values.items()]
-    drift = search_drift(best, study.config, [*search_overrides(study, search), *found])
+    drift = search_drift(best, study.config, [*search_overrides(study, search), *as_overrides(values)])
     if drift:
         raise ConfigError(f"{search.folder(out)}: searched with {describe_drift(drift)}: the study's config, its "
                           "preset or pscv-dist's defaults changed since; move the search folder away to search "
                           "again, or choose another --out")
     return values
+
+
+class SearchedValues:
+    """Each search's :func:`searched_values`, read once: one command's view of the study folder.
+
+    Reading a search resolves its best trial's config (~50 ms); a study command asks per run. A
+    search refused for drift raises its :class:`ConfigError` on every ask."""
+
+    def __init__(self, study: Study, out: Path):
+        self.study, self.out = study, out
+        self._memo: dict[str, dict[str, Any] | None | PscvError] = {}
+
+    def __call__(self, name: str) -> dict[str, Any] | None:
+        if name not in self._memo:
+            try:
+                self._memo[name] = searched_values(self.study, self.study.searches[name], self.out)
+            except PscvError as exc:
+                self._memo[name] = exc
+        found = self._memo[name]
+        if isinstance(found, PscvError):
+            raise found
+        return found
 
 
 def search_overrides(study: Study, search: Search) -> list[str]:
@@ -217,10 +239,11 @@ def plan_runs(study: Study, opts: RunOptions) -> tuple[list[tuple[Run, list[str]
     needed = {r.search for r in runs if r.search}
     for name in sorted(needed):
         check_search_folder(study, study.searches[name], opts.out)
-    todo_searches = [study.searches[s] for s in sorted(needed) if searched_values(study, study.searches[s], opts.out) is None]
+    values = SearchedValues(study, opts.out)
+    todo_searches = [study.searches[s] for s in sorted(needed) if values(s) is None]
     todo, done, drifted = [], [], []
     for run in runs:
-        searched = searched_values(study, study.searches[run.search], opts.out) if run.search else {}
+        searched = values(run.search) if run.search else {}
         overrides = study.run_overrides(run, opts.out, searched)
         if run.search and searched is None:
             todo.append((run, overrides))  # its overrides are known once the search is done
@@ -260,7 +283,8 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
             print("search", s.name, " ".join(resolve(search_command(study, s, opts.out))))
         for run, _ in todo:
             print("run   ", run.key)
-        return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": []}
+        return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": [],
+                "skipped": []}
     opts.out.mkdir(parents=True, exist_ok=True)
     if not (opts.out / MARKER).exists():
         (opts.out / MARKER).touch()
@@ -289,11 +313,11 @@ def _run_locked(study: Study, opts: RunOptions) -> dict[str, Any]:
         res = execute([cmd], str(logf), max(1, os.cpu_count() or 1))
         if res["rc"]:
             log.warning("search %s failed (exit %d); see %s", s.name, res["rc"], logf)
-    todo, done, _ = plan_runs(study, opts)  # the searched runs now have their values
-    skipped = [run.key for run, _ in todo if run.search and searched_values(study, study.searches[run.search], opts.out) is None]
+    todo, done, unfinished = plan_runs(study, opts)  # the searched runs now have their values
+    without = {s.name for s in unfinished}  # searches that failed or were not run: no best trial
+    skipped = [run.key for run, _ in todo if run.search in without]
     if skipped:
-        log.warning("no best trial in search(es) %s: %s not run",
-                    sorted({r.search for r, _ in todo if r.key in skipped}), skipped)
+        log.warning("no best trial in search(es) %s: %s not run", sorted(without), skipped)
         todo = [(run, o) for run, o in todo if run.key not in skipped]
     failed = []
     bar = progress_bar(total=len(todo) + len(done), initial=len(done), desc="study", unit="run")
@@ -309,14 +333,13 @@ def _run_locked(study: Study, opts: RunOptions) -> dict[str, Any]:
             futures[pool.submit(cmds, str(opts.out / "logs" / f"{run.method}_b{run.budget}_s{run.seed}.log"))] = (run, rec)
         for fut, res in pool.as_completed(futures):
             run, rec = futures[fut]
-            for k, v in res.items():
-                if k.endswith("_s"):  # a resumed run adds the time of this attempt to the earlier ones
-                    rec[k] = v + (rec.get(k, 0.0) if k == "train_s" else 0.0)
-                elif k != "rc":
-                    rec[k] = v
+            rec.update({k: v for k, v in res.items() if k != "rc"})  # this attempt's times, or why it failed
             rec.update(status="done" if res["rc"] == 0 else "failed", finished=time.time())
             if res["rc"] == 0:  # what it was trained with, should its checkpoints be deleted later
                 rec["config"] = trained_config(run.folder(opts.out))
+                # the trainer's own count spans the attempts of a resumed run (to their checkpoints)
+                trained = read_record(run.folder(opts.out) / "summary.json") or {}
+                rec["train_s"] = trained.get("train_s", rec.get("train_s"))
             write_json_atomic(rec, record_path(run, opts.out))
             if res["rc"]:
                 failed.append(run.key)
@@ -325,7 +348,7 @@ def _run_locked(study: Study, opts: RunOptions) -> dict[str, Any]:
             bar.update(1)
     bar.close()
     return {"done": len(done) + len(todo) - len(failed), "todo": 0, "searches": [s.name for s in searches],
-            "failed": failed + skipped}
+            "failed": failed, "skipped": skipped}
 
 
 class _Executor:

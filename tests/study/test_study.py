@@ -57,7 +57,7 @@ def test_every_run_trains_and_is_scored_in_both_conventions(finished):
         assert rec["status"] == "done" and rec["train_s"] > 0 and rec["eval_s"] > 0
         assert rec["fingerprint"] == fingerprint(rec["overrides"])
         summary = json.loads((run.folder(out) / "summary.json").read_text())
-        assert summary["step"] == ITERS
+        assert summary["step"] == ITERS and rec["train_s"] == summary["train_s"]  # the trainer's own count
         for conv in ("strict", "literature"):
             ev = json.loads(eval_path(run, out, conv).read_text())
             assert ev["convention"] == conv and sorted(ev["per_class"]) == sorted(ev["per_class"])
@@ -546,3 +546,22 @@ def test_the_trend_table_pairs_the_change_of_delta_seed_by_seed():
     assert lines["| `em`"].rstrip(" |").endswith("| —")
     assert "HD95 (px) @800" in text
     assert trend_table(study, [r for r in rows if r["run"].budget == 800]) == ""
+
+
+def test_runs_of_a_search_that_failed_are_reported_not_run_not_failed(phantom_store, tmp_path, capsys):
+    """A search that ends without a best trial (here its ``pscv tune`` refuses an option) leaves its
+    runs out: the last lines say they were not run and why, apart from failed runs; exit 1."""
+    space = tmp_path / "lr.yaml"
+    space.write_text("optim.lr: {type: grid, values: [0.1]}\n")
+    path = study_file(tmp_path, phantom_store, seeds=[0], upper=None, methods={
+        "pce": {"loss.name": "pce"}, "pce_lr": {"loss.name": "pce", "search": "lr"}},
+        searches={"lr": {"space": str(space), "train_split": "fold0/train&fold1/train", "val_split": "fold1/val",
+                         "overrides": {"train.iterations": 4}, "args": ["--scheduler", "no-such-scheduler"]}})
+    os.environ["OMP_NUM_THREADS"] = "1"
+    res = run_study(load_study(path), RunOptions(out=tmp_path / "out"))
+    assert res["failed"] == [] and res["skipped"] == ["pce_lr/b4_s0"] and res["done"] == 1
+    assert "no-such-scheduler" in (tmp_path / "out" / "logs" / "search_lr.log").read_text()
+    capsys.readouterr()
+    assert cli_main(["study", "run", str(path), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "1 run(s) not run, their search has no best trial: pce_lr/b4_s0" in out and "failed" not in out

@@ -113,3 +113,29 @@ def test_resume_drops_the_log_records_after_the_checkpoint(tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
     _truncate_log(tmp_path / "absent.jsonl", 4)  # a run resumed before it logged anything
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_train_seconds_of_a_resumed_run_count_the_attempts_before_its_checkpoint(phantom_store, tmp_path):
+    """The study reports a run's training time from its summary; a run resumed from a checkpoint saved
+    after 1000 s of training reports 1000 s plus its own attempt, not its own attempt alone."""
+    import hashlib
+    import time
+
+    out = tmp_path / "run"
+    assert train_main(_args(phantom_store, out, iterations=2)) == 0
+    first = json.loads((out / "summary.json").read_text())["train_s"]
+    ckpt = out / "checkpoints" / "step_00000002"
+    state = torch.load(ckpt / "train_state.pt", weights_only=True)
+    assert 0 < state["train_s"] <= first
+    state["train_s"] = 1000.0  # as if the first attempt had taken 1000 s; COMMIT re-hashed to match
+    torch.save(state, ckpt / "train_state.pt")
+    commit = json.loads((ckpt / "COMMIT").read_text())
+    commit["files"]["train_state.pt"] = hashlib.sha256((ckpt / "train_state.pt").read_bytes()).hexdigest()
+    (ckpt / "COMMIT").write_text(json.dumps(commit))
+    t0 = time.perf_counter()
+    assert train_main(_args(phantom_store, out, iterations=4, **{"train.ckpt_every": 2})) == 0
+    wall = time.perf_counter() - t0
+    resumed = json.loads((out / "summary.json").read_text())["train_s"]
+    assert 1000.0 < resumed <= 1000.0 + wall
+    last = torch.load(out / "checkpoints" / "step_00000004" / "train_state.pt", weights_only=True)
+    assert 1000.0 < last["train_s"] <= resumed
