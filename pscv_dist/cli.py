@@ -168,6 +168,8 @@ def _cmd_study(args) -> int:
 
     from .study import RunOptions, load_study, run_study, write_report
 
+    if args.from_csv and args.action != "report":
+        raise ConfigError("--from-csv goes with `pscv study report`: it rebuilds tables, it runs nothing")
     study = load_study(args.study)
     out = Path(args.out)
     if args.action == "run":
@@ -184,7 +186,7 @@ def _cmd_study(args) -> int:
         if res["skipped"]:
             print(f"{len(res['skipped'])} run(s) not run, their search has no best trial: {', '.join(res['skipped'])} "
                   f"(logs in {out / 'logs'})")
-    rep = write_report(study, out, overlays=not args.no_overlays)
+    rep = write_report(study, out, overlays=not args.no_overlays, from_csv=args.from_csv and Path(args.from_csv))
     print(f"{rep['finished']} of {rep['total']} runs finished; report: {rep['report']}, per run: {rep['runs']}")
     return 1 if args.action == "run" and (res["failed"] or res["skipped"]) else 0
 
@@ -327,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="with --address: GPUs each run asks Ray for")
     p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     p.add_argument("--no-overlays", action="store_true", help="report: skip the overlay figure (it loads every model)")
+    p.add_argument("--from-csv", help="report: the tables from a study's runs.csv alone (when the run folders are gone)")
     p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("bench", help="measure this machine: `pscv bench input STORE` times the trainer's input path")

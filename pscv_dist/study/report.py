@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import PscvError
 from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
-from .runner import CONVENTIONS, SearchedValues, check_study_folder, eval_path, read_record, record_path
+from .runner import CONVENTIONS, MARKER, SearchedValues, check_study_folder, eval_path, read_record, record_path
+from .runs_csv import hd95, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,6 @@ def paired_interval(a: dict[int, float], b: dict[int, float]) -> tuple[float, fl
     return float(d.mean()), float(half), len(d)
 
 
-def _hd(res: dict[str, Any], cls: str | None = None) -> float | None:
-    if cls is None:
-        return res.get("mean_hd95_mm", res.get("mean_hd95"))
-    v = res["per_class"][cls]
-    return v.get("hd95_mm", v.get("hd95"))
-
-
 def _ms(values: list[float | None], digits: int = 3) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
@@ -148,7 +142,7 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                 paper = study.paper.get(m, {})
                 cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
                          *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
-                         _ms([_hd(e) for e in ev], 1), *[_ms([_hd(e, c) for e in ev], 1) for c in classes],
+                         _ms([hd95(e) for e in ev], 1), *[_ms([hd95(e, c) for e in ev], 1) for c in classes],
                          dtxt, gap, _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
                          str(paper.get("dsc", "—")), str(paper.get("hd95", "—"))]
                 lines.append("| " + " | ".join(cells) + " |")
@@ -171,7 +165,7 @@ def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") 
         if e["mean_dsc"] is None:  # no score: left out of every column alike
             continue
         key = (r["run"].method, r["run"].budget)
-        hd.setdefault(key, []).append(_hd(e))
+        hd.setdefault(key, []).append(hd95(e))
         dsc.setdefault(key, {})[r["run"].seed] = e["mean_dsc"]
     ref = study.reference
     unit = "mm" if any("mean_hd95_mm" in r["evals"][conv] for r in rows) else "px"
@@ -205,34 +199,6 @@ def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") 
         return ""
     return "\n".join(lines) + (f"\n\nThe change of Δ is paired seed by seed over the seeds a method and `{ref}` "
                                f"share at both budgets; `{ref}`'s own row gives its DSC gain with the budget.")
-
-
-def runs_csv(rows: list[dict[str, Any]]) -> str:
-    """One line per finished run and convention, the numbers every table is computed from: method,
-    budget, seed, convention, mean and per-class DSC and HD95, training minutes, fingerprint. It is
-    small and holds no image data, so a study's results can be kept in git next to its file."""
-    import csv
-    import io
-
-    classes = list(dict.fromkeys(c for r in rows for e in r["evals"].values() for c in e["per_class"]))
-    head = ["method", "budget", "seed", "convention", "mean_dsc", "mean_hd95", "hd95_unit",
-            *[f"dsc_{c}" for c in classes], *[f"hd95_{c}" for c in classes], "train_min", "fingerprint"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
-
-    def num(v, digits=4):
-        return "" if v is None else f"{v:.{digits}f}"
-    for r in sorted(rows, key=lambda r: (r["run"].budget, r["run"].method, r["run"].seed)):
-        for conv in CONVENTIONS:
-            e = r["evals"][conv]
-            pc = e["per_class"]
-            w.writerow([r["run"].method, r["run"].budget, r["run"].seed, conv, num(e["mean_dsc"]), num(_hd(e), 2),
-                        "mm" if "mean_hd95_mm" in e else "px",
-                        *[num(pc[c]["dsc"]) if c in pc else "" for c in classes],
-                        *[num(_hd(e, c), 2) if c in pc else "" for c in classes],
-                        num(r["train_s"] / 60 if r["train_s"] else None, 1), r["fingerprint"]])
-    return buf.getvalue()
 
 
 def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -376,22 +342,27 @@ def search_figure(study: Study, out: Path, path: Path, values: SearchedValues | 
     return path
 
 
-def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, Any]:
-    """``<out>/report/results.md`` and its figures, from what the run folders hold now."""
+def write_report(study: Study, out: Path, overlays: bool = True, from_csv: Path | None = None) -> dict[str, Any]:
+    """``<out>/report/results.md`` and its figures, from what the run folders hold now; or, with
+    ``from_csv``, its tables alone from a ``runs.csv`` (:mod:`.runs_csv`) when the folders are gone."""
     from ..files import write_atomic
 
     check_study_folder(out)
     left_out: list[str] = []
+    unchecked: list[str] = []
     values = SearchedValues(study, out)
-    rows = collect(study, out, left_out, values)
+    rows = read_csv(study, from_csv, left_out, unchecked) if from_csv else collect(study, out, left_out, values)
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).exists():  # a study folder from now on: pscv study may rewrite what it made here
+        (out / MARKER).touch()
     total = len(study.runs())
-    figs = [f for f in (curves_figure(study, rows, rep / "curves.png"),
-                        overlays_figure(study, rows, out, rep / "overlays.png") if overlays and rows else None,
-                        search_figure(study, out, rep / "search.png", values)) if f]
+    figs = [] if from_csv else [
+        f for f in (curves_figure(study, rows, rep / "curves.png"),
+                    overlays_figure(study, rows, out, rep / "overlays.png") if overlays and rows else None,
+                    search_figure(study, out, rep / "search.png", values)) if f]
     searched = []
-    for s in study.searches.values():
+    for s in study.searches.values() if not from_csv else ():
         try:
             v = values(s.name)
         except PscvError as exc:
@@ -400,17 +371,23 @@ def write_report(study: Study, out: Path, overlays: bool = True) -> dict[str, An
         searched.append(f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
                         + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"
                                      for k, val in v.items()) if v else "not run yet"))
+    source = (f"From `{from_csv}` alone (no figures: the curves and models stay with the run folders). "
+              + (f"Runs of searched methods taken as written (their fingerprints hold the search's values, "
+                 f"which the file does not): {', '.join(unchecked)}.\n\n" if unchecked else "\n\n")
+              if from_csv else "")
+    why = ("Left out of the file's lines:" if from_csv else
+           "Left out (the config they, or the search they take values from, ran with differs from what the "
+           "study resolves now; move the folder named away to run it again):")
     trend = trend_table(study, rows)
     text = (f"# Study `{study.name}`: {len(rows)} of {total} runs finished\n\n"
             f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
+            + source
             + ("\n".join(searched) + "\n\n" if searched else "")
-            + ("Left out (the config they, or the search they take values from, ran with differs from "
-               "what the study resolves now; move the folder named away to run it again):\n"
-               + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
+            + (why + "\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
             + tables(study, rows) + "\n\n" + (trend + "\n\n" if trend else "")
             + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
-    write_atomic(rep / "runs.csv", runs_csv(rows).encode())
+    write_atomic(rep / "runs.csv", write_csv(rows).encode())
     return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "runs": str(rep / "runs.csv"),
-            "figures": [str(f) for f in figs]}
+            "figures": [str(f) for f in figs], "left_out": left_out}

@@ -210,6 +210,10 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
                           *[(line[f"dsc_{c}"], v["dsc"]) for c, v in ev["per_class"].items()]]:
             assert (got == "") if want is None else float(got) == pytest.approx(want, abs=5e-5)
         assert line["fingerprint"] == json.loads(record_path(run, out).read_text())["fingerprint"]
+    # the same tables from runs.csv alone, in a new folder: every run read back, the file unchanged
+    again = write_report(study, out.parent / "from_csv", from_csv=Path(rep["runs"]))
+    assert again["finished"] == 6 and again["left_out"] == [] and again["figures"] == []
+    assert Path(again["runs"]).read_text() == Path(rep["runs"]).read_text()
 
 
 def test_gap_closed_pairs_the_seeds_all_three_share():
