@@ -1,4 +1,5 @@
-"""``pscv study report``: tables, figures and ``runs.csv`` rebuilt from the run folders alone.
+"""``pscv study report``: tables, figures and ``runs.csv`` rebuilt from the run folders alone (or
+the tables from a ``runs.csv`` alone, :mod:`.runs_csv`).
 
 For each budget and convention, per method over its finished seeds: per-class and mean DSC and
 HD95 as mean ± sample std; the paired difference of mean DSC against the reference method, seed
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PscvError
+from ..errors import ConfigError, PscvError
 from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
 from .runner import CONVENTIONS, MARKER, SearchedValues, check_study_folder, eval_path, read_record, record_path
@@ -348,11 +349,14 @@ def write_report(study: Study, out: Path, overlays: bool = True, from_csv: Path 
     from ..files import write_atomic
 
     check_study_folder(out)
+    rep = out / "report"
+    if from_csv and from_csv.resolve() == (rep / "runs.csv").resolve():
+        raise ConfigError(f"--from-csv {from_csv}: is the runs.csv this report would write; copy it elsewhere "
+                          "first (lines left out would be lost)")
     left_out: list[str] = []
     unchecked: list[str] = []
-    values = SearchedValues(study, out)
+    values = None if from_csv else SearchedValues(study, out)
     rows = read_csv(study, from_csv, left_out, unchecked) if from_csv else collect(study, out, left_out, values)
-    rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).exists():  # a study folder from now on: pscv study may rewrite what it made here
         (out / MARKER).touch()

@@ -21,8 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .plan import Study, fingerprint
-
-CONVENTIONS = ("strict", "literature")
+from .runner import CONVENTIONS
 KEYS = ("method", "budget", "seed", "convention", "mean_dsc", "mean_hd95", "hd95_unit", "train_min", "fingerprint")
 
 
@@ -63,14 +62,18 @@ def read_csv(study: Study, path: Path, left_out: list[str], unchecked: list[str]
     that is not a ``runs.csv`` raises a one-line :class:`ConfigError` naming it."""
     if not path.is_file():
         raise ConfigError(f"--from-csv {path}: no such file (expected a study's runs.csv)")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
-        missing = [k for k in KEYS if k not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: expected a study's runs.csv with columns {', '.join(KEYS)}, dsc_<class>, "
-                              f"hd95_<class>; missing {', '.join(missing)}")
-        classes = [k[4:] for k in reader.fieldnames if k.startswith("dsc_")]
-        lines = list(enumerate(reader, start=2))
+        try:
+            fields = reader.fieldnames or []
+            lines = list(enumerate(reader, start=2))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"{path}:{reader.line_num}: not a study's runs.csv ({exc})") from None
+    missing = [k for k in KEYS if k not in fields]
+    if missing:
+        raise ConfigError(f"{path}: expected a study's runs.csv with columns {', '.join(KEYS)}, dsc_<class>, "
+                          f"hd95_<class>; missing {', '.join(missing)}")
+    classes = [k[4:] for k in fields if k.startswith("dsc_")]
     runs = {(r.method, r.budget, r.seed): r for r in study.runs()}
     evals: dict[tuple, dict[str, dict[str, Any]]] = {}
     meta: dict[tuple, tuple[float | None, str]] = {}
@@ -91,9 +94,13 @@ def read_csv(study: Study, path: Path, left_out: list[str], unchecked: list[str]
         evals.setdefault(key, {})[conv] = {
             "mean_dsc": _number(line, "mean_dsc", where), f"mean_{hd_key}": _number(line, "mean_hd95", where),
             "per_class": {c: {"dsc": _number(line, f"dsc_{c}", where), hd_key: _number(line, f"hd95_{c}", where)}
-                          for c in classes if line.get(f"dsc_{c}")}}
+                          for c in classes}}  # blank cells (a class with nothing scored) are None
         minutes = _number(line, "train_min", where)
-        meta[key] = (None if minutes is None else minutes * 60, line["fingerprint"])
+        found = (None if minutes is None else minutes * 60, line["fingerprint"])
+        if meta.setdefault(key, found) != found:
+            other = meta[key][0] and round(meta[key][0] / 60, 1)
+            raise ConfigError(f"{where}: {key[0]}/b{key[1]}_s{key[2]}'s {conv} line gives another fingerprint or "
+                              f"train_min than its other line: {found[1]} vs {meta[key][1]}, {minutes} vs {other}")
     rows = []
     for key, by_conv in evals.items():
         name = f"`{key[0]}/b{key[1]}_s{key[2]}`"

@@ -72,11 +72,13 @@ def test_lines_of_other_overrides_are_left_out_with_the_reason(phantom_store, tm
     (lambda t: t.replace("0.6600", "0.66x", 1), "runs.csv:2: expected a number or nothing in column dsc_A, found '0.66x'"),
     (lambda t: t.replace(",strict,", ",loose,", 1), "expected convention in"),
     (lambda t: t + t.splitlines()[1] + "\n", "a second strict line for pce/b4_s0"),
+    (lambda t: t.replace(",7.0,", ",8.0,", 1), "pce/b4_s0's literature line gives another fingerprint or train_min than its other line: "),
+    (lambda t: t.replace("method", "m\x00\xe9thod"), "not a study's runs.csv"),
 ])
 def test_a_bad_runs_csv_is_refused_in_one_line_and_nothing_is_written(phantom_store, tmp_path, capsys, edit, message):
     study_path = study_file(tmp_path, phantom_store)
     runs = write_runs(tmp_path / "runs.csv", load_study(study_path))
-    runs.write_text(edit(runs.read_text()))
+    runs.write_bytes(edit(runs.read_text()).encode("latin-1"))
     out = tmp_path / "r"
     assert cli_main(["study", "report", str(study_path), "--out", str(out), "--from-csv", str(runs)]) == 2
     err = capsys.readouterr().err
@@ -92,3 +94,39 @@ def test_from_csv_is_refused_with_run_and_for_a_missing_file(phantom_store, tmp_
     assert cli_main(["study", "report", str(study_path), "--out", str(out), "--from-csv", str(tmp_path / "no.csv")]) == 2
     assert "no such file (expected a study's runs.csv)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_blank_cells_searched_methods_and_a_missing_convention(phantom_store, tmp_path):
+    """A run with nothing scored (blank DSC cells, as runs.csv writes None) is read and shown as —; a
+    searched method's lines are kept and named as unchecked; a run with one convention is left out;
+    the report never overwrites the file it reads."""
+    from pscv_dist.errors import ConfigError
+    from pscv_dist.study import write_report
+
+    space = tmp_path / "lr.yaml"
+    space.write_text("optim.lr: {type: grid, values: [0.1]}\n")
+    study_path = study_file(tmp_path, phantom_store, methods={
+        "pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pce", "search": "lr"}, "fullsup": {"loss.name": "fullsup"}},
+        searches={"lr": {"space": str(space), "train_split": "fold0/train&fold1/train", "val_split": "fold1/val"}})
+    study = load_study(study_path)
+    runs = write_runs(tmp_path / "runs.csv", study)
+    text = [line.rsplit(",", 1)[0] + ",0123456789abcdef" if line.startswith("fullsup,4,0,") else line
+            for line in runs.read_text().splitlines()]
+    pce = [i for i, line in enumerate(text) if line.startswith("pce,4,1,")]
+    for i in pce:  # pce seed 1: nothing scored
+        cells = text[i].split(",")
+        cells[4] = cells[5] = cells[7] = cells[8] = cells[9] = cells[10] = ""
+        text[i] = ",".join(cells)
+    text = [line for line in text if not line.startswith("fullsup,4,1,literature")]
+    runs.write_text("\n".join(text) + "\n")
+    rep = write_report(study, tmp_path / "r", from_csv=runs)
+    md = Path(rep["report"]).read_text()
+    assert rep["finished"] == 4  # pce 0-1, pscv 0-1; fullsup 0 has another fingerprint, fullsup 1 one convention
+    assert "`fullsup/b4_s1`: only the strict convention" in md and "`fullsup/b4_s0`: made with other overrides" in md
+    assert "taken as written" in md and "`pscv/b4_s0`, `pscv/b4_s1`" in md
+    pce_row = next(line for line in md.splitlines() if line.startswith("| `pce` |"))
+    assert "| 2 | 0.610 |" in pce_row  # seed 1's blank mean DSC leaves seed 0's alone
+    assert sorted(Path(rep["runs"]).read_text().splitlines()[1:]) == sorted(
+        line for line in text[1:] if not line.startswith("fullsup"))
+    with pytest.raises(ConfigError, match="is the runs.csv this report would write"):
+        write_report(study, tmp_path / "r", from_csv=Path(rep["runs"]))
