@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError, PscvError
 from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
-from .runner import CONVENTIONS, MARKER, SearchedValues, check_study_folder, eval_path, read_record, record_path
+from .runner import CONVENTIONS, SearchedValues, check_study_folder, claim_study_folder, eval_path, read_record, record_path
 from .runs_csv import hd95, read_csv, write_csv
 
 log = logging.getLogger(__name__)
@@ -350,48 +350,50 @@ def write_report(study: Study, out: Path, overlays: bool = True, from_csv: Path 
 
     check_study_folder(out)
     rep = out / "report"
+    left_out: list[str] = []
     if from_csv and from_csv.resolve() == (rep / "runs.csv").resolve():
         raise ConfigError(f"--from-csv {from_csv}: is the runs.csv this report would write; copy it elsewhere "
                           "first (lines left out would be lost)")
-    left_out: list[str] = []
     unchecked: list[str] = []
-    values = None if from_csv else SearchedValues(study, out)
+    values = SearchedValues(study, out)
     rows = read_csv(study, from_csv, left_out, unchecked) if from_csv else collect(study, out, left_out, values)
-    rep.mkdir(parents=True, exist_ok=True)
-    if not (out / MARKER).exists():  # a study folder from now on: pscv study may rewrite what it made here
-        (out / MARKER).touch()
+    claim_study_folder(out)  # only now: a file that cannot be read leaves nothing behind
+    rep.mkdir(exist_ok=True)
+    if from_csv:
+        figs: list[Path] = []
+        notes = [f"From `{from_csv}` alone (no figures: the curves and models stay with the run folders)."
+                 + (f" Runs of searched methods taken as written (their fingerprints hold the search's values, "
+                    f"which the file does not): {', '.join(unchecked)}." if unchecked else "")]
+        why = "Left out of the file's lines:"
+    else:
+        figs = [f for f in (curves_figure(study, rows, rep / "curves.png"),
+                            overlays_figure(study, rows, out, rep / "overlays.png") if overlays and rows else None,
+                            search_figure(study, out, rep / "search.png", values)) if f]
+        notes = ["\n".join(_search_line(s, values) for s in study.searches.values())] if study.searches else []
+        why = ("Left out (the config they, or the search they take values from, ran with differs from what the "
+               "study resolves now; move the folder named away to run it again):")
+    if left_out:
+        notes.append(why + "\n" + "\n".join(f"- {x}" for x in left_out))
     total = len(study.runs())
-    figs = [] if from_csv else [
-        f for f in (curves_figure(study, rows, rep / "curves.png"),
-                    overlays_figure(study, rows, out, rep / "overlays.png") if overlays and rows else None,
-                    search_figure(study, out, rep / "search.png", values)) if f]
-    searched = []
-    for s in study.searches.values() if not from_csv else ():
-        try:
-            v = values(s.name)
-        except PscvError as exc:
-            searched.append(f"- search `{s.name}`: left out, {exc}")
-            continue
-        searched.append(f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
-                        + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"
-                                     for k, val in v.items()) if v else "not run yet"))
-    source = (f"From `{from_csv}` alone (no figures: the curves and models stay with the run folders). "
-              + (f"Runs of searched methods taken as written (their fingerprints hold the search's values, "
-                 f"which the file does not): {', '.join(unchecked)}.\n\n" if unchecked else "\n\n")
-              if from_csv else "")
-    why = ("Left out of the file's lines:" if from_csv else
-           "Left out (the config they, or the search they take values from, ran with differs from what the "
-           "study resolves now; move the folder named away to run it again):")
     trend = trend_table(study, rows)
     text = (f"# Study `{study.name}`: {len(rows)} of {total} runs finished\n\n"
             f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
-            + source
-            + ("\n".join(searched) + "\n\n" if searched else "")
-            + (why + "\n" + "\n".join(f"- {x}" for x in left_out) + "\n\n" if left_out else "")
+            + "".join(n + "\n\n" for n in notes)
             + tables(study, rows) + "\n\n" + (trend + "\n\n" if trend else "")
             + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
     write_atomic(rep / "runs.csv", write_csv(rows).encode())
     return {"finished": len(rows), "total": total, "report": str(rep / "results.md"), "runs": str(rep / "runs.csv"),
             "figures": [str(f) for f in figs], "left_out": left_out}
+
+
+def _search_line(s: Search, values: SearchedValues) -> str:
+    """A search's line of the report: its values, not run yet, or left out and why."""
+    try:
+        v = values(s.name)
+    except PscvError as exc:
+        return f"- search `{s.name}`: left out, {exc}"
+    return (f"- search `{s.name}` (train `{s.train_split}`, validate `{s.val_split}`): "
+            + (", ".join(f"`{k}` = {val:.4g}" if isinstance(val, float) else f"`{k}` = {val}"
+                         for k, val in v.items()) if v else "not run yet"))

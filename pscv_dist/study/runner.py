@@ -82,6 +82,13 @@ def check_study_folder(out: Path) -> None:
         raise ConfigError(f"--out {out}: exists and is not a study folder (no {MARKER}); choose a new or empty folder")
 
 
+def claim_study_folder(out: Path) -> None:
+    """Make ``out`` (checked by :func:`check_study_folder`) a study folder: pscv study may write there."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).exists():
+        (out / MARKER).touch()
+
+
 def check_owned(folder: Path, record: Path, fp: str, kind: str, name: str) -> None:
     """``folder`` holds the ``kind`` (run or search) the study file asks for now (its record's
     fingerprint), or nothing: anything else is refused, never replaced."""
@@ -285,9 +292,7 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
             print("run   ", run.key)
         return {"done": len(done), "todo": len(todo), "searches": [s.name for s in searches], "failed": [],
                 "skipped": []}
-    opts.out.mkdir(parents=True, exist_ok=True)
-    if not (opts.out / MARKER).exists():
-        (opts.out / MARKER).touch()
+    claim_study_folder(opts.out)
     with RunLock(opts.out / LOCK, f"study folder {opts.out}", "pscv study run"):  # two runs would race on every file
         return _run_locked(study, opts)
 
