@@ -23,6 +23,8 @@
       pscv_searched: {loss.name: pscv, search: pscv}   # the searched keys from the best trial
     paper:                            # published numbers to print beside ours (optional)
       pce: {dsc: 0.722}
+    comparisons:                      # pairs a - b to difference seed by seed besides "vs reference" (optional)
+      - [pscv_searched, pscv_paper]
 
 Every value is checked before anything runs: each run's config is built (unknown keys, bad values
 and the splits against the store are refused in one line naming the study file and the method).
@@ -42,7 +44,7 @@ from ..errors import ConfigError
 RUN_KEYS = ("train.iterations", "train.seed", "train.out_dir", "data.train_split", "data.val_split",
             "tracking.tracking_uri", "tracking.artifact_location", "tracking.experiment", "tracking.run_name")
 TOP = {"name", "config", "overrides", "train_split", "eval_split", "seeds", "budgets", "reference", "upper",
-       "searches", "methods", "paper", "description"}
+       "searches", "methods", "paper", "comparisons", "description"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Study:
     searches: dict[str, Search]
     methods: dict[str, dict[str, Any]]
     paper: dict[str, dict[str, Any]]
+    comparisons: tuple[tuple[str, str], ...] = ()
 
     def runs(self, methods: list[str] | None = None, budgets: list[int] | None = None,
              seeds: list[int] | None = None) -> list[Run]:
@@ -223,7 +226,20 @@ def load_study(path: str | Path) -> Study:
     _need(isinstance(paper, dict), f"{path}: paper", "expected a mapping of method: {dsc: ..., hd95: ...}")
     return Study(path, name, str(raw["config"]), _overrides(raw.get("overrides"), f"{path}: overrides"),
                  str(raw["train_split"]), str(raw["eval_split"]), _ints(raw.get("seeds", [0]), f"{path}: seeds", 0),
-                 _ints(raw.get("budgets"), f"{path}: budgets", 1), reference, upper, searches, methods, paper)
+                 _ints(raw.get("budgets"), f"{path}: budgets", 1), reference, upper, searches, methods, paper,
+                 _pairs(raw.get("comparisons"), f"{path}: comparisons", methods))
+
+
+def _pairs(raw: Any, where: str, methods: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The study file's ``comparisons``: a list of [a, b] pairs of two different methods."""
+    raw = raw or []
+    _need(isinstance(raw, list), where, f"expected a list of [a, b] method pairs, found {raw!r}")
+    for k, pair in enumerate(raw):
+        _need(isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1], f"{where}[{k}]",
+              f"expected [a, b], two different methods, found {pair!r}")
+        unknown = [m for m in pair if m not in methods]
+        _need(not unknown, f"{where}[{k}]", f"{unknown[0]!r} is not a method ({sorted(methods)})" if unknown else "")
+    return tuple((str(a), str(b)) for a, b in raw)
 
 
 def check_study(study: Study, out: Path, methods: list[str] | None = None) -> None:

@@ -1,23 +1,14 @@
 """``pscv study report``: tables, figures and ``runs.csv`` rebuilt from the run folders alone (or
 the tables from a ``runs.csv`` alone, :mod:`.runs_csv`).
 
-For each budget and convention, per method over its finished seeds: per-class and mean DSC and
-HD95 as mean ± sample std; the paired difference of mean DSC against the reference method, seed
-by seed, with a 95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both
-methods finished are paired); the share of the reference → upper gap a method closes,
-mean(DSC_m - DSC_ref) / mean(DSC_upper - DSC_ref) over the seeds all three share; the training
-wall time. With two budgets or more, a trend table: per method, mean DSC and HD95 at each
-budget, Δ against the reference at each, and the change of Δ from the shortest to the longest
-budget, paired seed by seed, (m_long − ref_long) − (m_short − ref_short), with its 95 % t
-interval: whether a method's gain grows with training length. Figures: validation curves (mean
-over seeds), overlays of the same eval slices for every method, and each search's best DSC over
-its searched values.
+The tables and their statistics are :mod:`.tables`'s. Figures: validation curves (mean over
+seeds), overlays of the same eval slices for every method, and each search's best DSC over its
+searched values.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +18,8 @@ from ..errors import ConfigError, PscvError
 from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
 from .runner import CONVENTIONS, SearchedValues, check_study_folder, claim_study_folder, eval_path, read_record, record_path
-from .runs_csv import hd95, read_csv, write_csv
+from .runs_csv import read_csv, write_csv
+from .tables import comparisons_table, tables, trend_table
 
 log = logging.getLogger(__name__)
 
@@ -68,138 +60,6 @@ def collect(study: Study, out: Path, left_out: list[str] | None = None,
         rows.append({"run": run, "evals": evals, "train_s": rec.get("train_s"), "curve": curve,
                      "fingerprint": rec["fingerprint"]})
     return rows
-
-
-def t975(df: int) -> float:
-    """Student-t 0.975 quantile (scipy)."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
-
-
-def gap_closed(m: dict[int, float], ref: dict[int, float], up: dict[int, float]) -> tuple[float, int] | None:
-    """(mean(m − ref) / mean(up − ref), seeds) over the seeds all three share: the share of the
-    reference → upper gap a method closes, paired like Δ; None without a shared seed or a gap."""
-    seeds = sorted(set(m) & set(ref) & set(up))
-    if not seeds:
-        return None
-    gap = np.mean([up[s] - ref[s] for s in seeds])
-    return (float(np.mean([m[s] - ref[s] for s in seeds]) / gap), len(seeds)) if gap else None
-
-
-def paired_interval(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int] | None:
-    """Mean of (a - b) over the seeds in both, and the half-width of its 95 % t interval."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    d = np.array([a[s] - b[s] for s in seeds])
-    half = t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return float(d.mean()), float(half), len(d)
-
-
-def _ms(values: list[float | None], digits: int = 3) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "—"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
-
-
-def _interval_text(diff: tuple[float, float, int] | None) -> str:
-    if diff is None:
-        return "—"
-    if math.isnan(diff[1]):
-        return f"{diff[0]:+.3f} (n=1)"
-    return f"{diff[0]:+.3f} [{diff[0] - diff[1]:+.3f}, {diff[0] + diff[1]:+.3f}]"
-
-
-def tables(study: Study, rows: list[dict[str, Any]]) -> str:
-    parts = []
-    for budget in study.budgets:
-        for conv in CONVENTIONS:
-            at = [r for r in rows if r["run"].budget == budget]
-            if not at:
-                continue
-            classes = list(at[0]["evals"][conv]["per_class"])
-            unit = "mm" if "mean_hd95_mm" in at[0]["evals"][conv] else "px"
-            by_method = {m: [r for r in at if r["run"].method == m] for m in study.methods}
-            dsc = {m: {r["run"].seed: r["evals"][conv]["mean_dsc"] for r in rs if r["evals"][conv]["mean_dsc"] is not None}
-                   for m, rs in by_method.items()}
-            ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
-            head = ["method", "seeds", "mean DSC", *[f"DSC {c}" for c in classes], f"mean HD95 ({unit})",
-                    *[f"HD95 {c}" for c in classes], f"Δ DSC vs {study.reference} [95% CI]",
-                    "gap closed", "train (min)", "paper DSC", "paper HD95"]
-            lines = [f"### {budget} iterations, `{conv}` convention\n", "| " + " | ".join(head) + " |",
-                     "|" + "---|" * len(head)]
-            for m, rs in by_method.items():
-                if not rs:
-                    continue
-                ev = [r["evals"][conv] for r in rs]
-                diff = paired_interval(dsc[m], ref) if m != study.reference else None
-                dtxt = _interval_text(diff)
-                share = gap_closed(dsc[m], ref, up) if m not in (study.reference, study.upper) else None
-                gap = "—" if share is None else f"{share[0]:+.0%}" + (f" (n={share[1]})" if share[1] < len(rs) else "")
-                paper = study.paper.get(m, {})
-                cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
-                         *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
-                         _ms([hd95(e) for e in ev], 1), *[_ms([hd95(e, c) for e in ev], 1) for c in classes],
-                         dtxt, gap, _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
-                         str(paper.get("dsc", "—")), str(paper.get("hd95", "—"))]
-                lines.append("| " + " | ".join(cells) + " |")
-            parts.append("\n".join(lines))
-    return "\n\n".join(parts)
-
-
-def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") -> str:
-    """Mean DSC / HD95 at every budget, Δ vs the reference at every budget, and the change of Δ from
-    the method's shortest to its longest budget that it and the reference both reached on common
-    seeds, paired per seed: (m_hi − ref_hi) − (m_lo − ref_lo). The reference's own row gives its DSC
-    change, DSC_hi − DSC_lo. Empty unless some method has runs at two budgets."""
-    budgets = sorted({r["run"].budget for r in rows})
-    if len(budgets) < 2:
-        return ""
-    dsc: dict[tuple[str, int], dict[int, float]] = {}
-    hd: dict[tuple[str, int], list[float | None]] = {}
-    for r in rows:
-        e = r["evals"][conv]
-        if e["mean_dsc"] is None:  # no score: left out of every column alike
-            continue
-        key = (r["run"].method, r["run"].budget)
-        hd.setdefault(key, []).append(hd95(e))
-        dsc.setdefault(key, {})[r["run"].seed] = e["mean_dsc"]
-    ref = study.reference
-    unit = "mm" if any("mean_hd95_mm" in r["evals"][conv] for r in rows) else "px"
-
-    def delta(m: str, b: int) -> dict[int, float]:
-        a, z = dsc.get((m, b), {}), dsc.get((ref, b), {})
-        return {s: a[s] - z[s] for s in set(a) & set(z)} if m != ref else a
-
-    head = ["method", *[f"DSC @{b}" for b in budgets], *[f"HD95 ({unit}) @{b}" for b in budgets],
-            *[f"Δ DSC vs {ref} @{b} [95% CI]" for b in budgets], "change of Δ, shortest → longest [95% CI]"]
-    lines = [f"### Trend with the budget, `{conv}` convention\n",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in study.methods:
-        if sum((m, b) in dsc for b in budgets) < 2:
-            continue
-        deltas = ["—" if m == ref else _interval_text(paired_interval(dsc.get((m, b), {}), dsc.get((ref, b), {})))
-                  for b in budgets]
-        paired = [b for b in budgets if delta(m, b)]
-        change_txt = "—"
-        if len(paired) >= 2:
-            lo, hi = paired[0], paired[-1]
-            d_lo, d_hi = delta(m, lo), delta(m, hi)
-            change = paired_interval(d_hi, d_lo)
-            if change is not None:
-                change_txt = f"{_interval_text(change)} ({lo} → {hi}, n={change[2]})"
-        cells = [f"`{m}`" + (" (its own DSC change)" if m == ref else ""),
-                 *[_ms(list(dsc.get((m, b), {}).values())) for b in budgets],
-                 *[_ms(hd.get((m, b), []), 1) for b in budgets], *deltas, change_txt]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(lines) == 3:
-        return ""
-    return "\n".join(lines) + (f"\n\nThe change of Δ is paired seed by seed over the seeds a method and `{ref}` "
-                               f"share at both budgets; `{ref}`'s own row gives its DSC gain with the budget.")
 
 
 def curves_figure(study: Study, rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -376,11 +236,12 @@ def write_report(study: Study, out: Path, overlays: bool = True, from_csv: Path 
         notes.append(why + "\n" + "\n".join(f"- {x}" for x in left_out))
     total = len(study.runs())
     trend = trend_table(study, rows)
+    pairs = comparisons_table(study, rows)
     text = (f"# Study `{study.name}`: {len(rows)} of {total} runs finished\n\n"
             f"Scored on `{study.eval_split}` (3D, per volume), trained on `{study.train_split}`; "
             f"seeds {list(study.seeds)}, budgets {list(study.budgets)}. Mean ± sample std over seeds.\n\n"
             + "".join(n + "\n\n" for n in notes)
-            + tables(study, rows) + "\n\n" + (trend + "\n\n" if trend else "")
+            + tables(study, rows) + "\n\n" + "".join(t + "\n\n" for t in (trend, pairs) if t)
             + "\n".join(f"![{f.stem}]({f.name})" for f in figs) + "\n")
     write_atomic(rep / "results.md", text.encode())
     write_atomic(rep / "runs.csv", write_csv(rows).encode())

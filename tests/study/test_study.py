@@ -16,7 +16,6 @@ from pscv_dist.cli import main as cli_main
 from pscv_dist.errors import ConfigError
 from pscv_dist.study import RunOptions, load_study, run_study, write_report
 from pscv_dist.study.plan import fingerprint
-from pscv_dist.study.report import paired_interval
 from pscv_dist.study.runner import eval_path, record_path
 
 ITERS = 4
@@ -31,7 +30,9 @@ def study_file(tmp: Path, store: Path, **extra) -> Path:
            "reference": "pce", "upper": "fullsup",
            "methods": {"pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pscv", "loss.lambda_cv": 0.01},
                        "fullsup": {"loss.name": "fullsup"}},
-           "paper": {"pce": {"dsc": 0.722}}}
+           "paper": {"pce": {"dsc": 0.722}}, "comparisons": [["fullsup", "pscv"]]}
+    if "methods" in extra:  # the pair names the default methods
+        del raw["comparisons"]
     raw.update(extra)
     path = tmp / "study.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -197,6 +198,11 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
     if full != pce:
         assert f"{(np.mean(p) - pce) / (full - pce):+.0%}" in row
     assert "| `pce` |" in text and "0.722" in text  # the paper's number beside ours
+    # the comparison the study file names, fullsup − pscv, paired the same way
+    d2 = [dsc["fullsup", s] - dsc["pscv", s] for s in (0, 1)]
+    half2 = 12.706204736174707 * np.std(d2, ddof=1) / math.sqrt(2)
+    pair = next(line for line in text.splitlines() if line.startswith("| `fullsup` − `pscv` | 4 | 2 |"))
+    assert f"| {np.mean(d2):+.3f} [{np.mean(d2) - half2:+.3f}, {np.mean(d2) + half2:+.3f}] |" in pair
     assert "### 4 iterations, `literature` convention" in text
     # runs.csv: one line per run and convention, the evaluation files' numbers
     import csv
@@ -214,20 +220,7 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
     again = write_report(study, out.parent / "from_csv", from_csv=Path(rep["runs"]))
     assert again["finished"] == 6 and again["left_out"] == [] and again["figures"] == []
     assert Path(again["runs"]).read_text() == Path(rep["runs"]).read_text()
-
-
-def test_gap_closed_pairs_the_seeds_all_three_share():
-    from pscv_dist.study.report import gap_closed
-
-    m, ref, up = {0: 0.7, 1: 0.6, 2: 0.9}, {0: 0.5, 1: 0.6, 2: 0.5}, {0: 0.9, 1: 0.8}
-    share, n = gap_closed(m, ref, up)  # seeds 0 and 1: mean(0.2, 0.0) / mean(0.4, 0.2)
-    assert n == 2 and share == pytest.approx(0.1 / 0.3)
-    assert gap_closed({2: 0.9}, ref, up) is None and gap_closed(m, ref, dict(ref)) is None
-
-
-def test_paired_interval_pairs_only_common_seeds():
-    mean, half, n = paired_interval({0: 0.5, 1: 0.7, 2: 0.9}, {0: 0.4, 1: 0.4})
-    assert n == 2 and mean == pytest.approx(0.2) and half == pytest.approx(12.706204736 * 0.1414213562 / math.sqrt(2))
+    assert pair in Path(again["report"]).read_text()
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -242,6 +235,9 @@ def test_paired_interval_pairs_only_common_seeds():
       "methods": {"pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pscv", "search": "cv"}}, "upper": None},
      "a search must never see the patients it is scored on"),
     ({"colour": "red"}, "unknown key(s) ['colour']"),
+    ({"comparisons": [["pscv", "nope"]]}, "comparisons[0]: 'nope' is not a method"),
+    ({"comparisons": [["pce", "pce"]]}, "comparisons[0]: expected [a, b], two different methods, found ['pce', 'pce']"),
+    ({"comparisons": "pscv - pce"}, "comparisons: expected a list of [a, b] method pairs"),
 ])
 def test_bad_study_files_are_refused_in_one_line_before_anything_runs(phantom_store, tmp_path, capsys, edit, message):
     path = study_file(tmp_path, phantom_store, **edit)
@@ -516,40 +512,6 @@ def test_the_shipped_study_files_resolve_every_run(path, monkeypatch, tmp_path):
         assert cfg.train.iterations == run.budget and cfg.data.val_split == study.eval_split
     for search in study.searches.values():
         assert Path(search.space).is_file(), search.space
-
-
-def test_the_trend_table_pairs_the_change_of_delta_seed_by_seed():
-    from types import SimpleNamespace
-
-    from pscv_dist.study.plan import Run
-    from pscv_dist.study.report import trend_table
-
-    def row(method, budget, seed, dsc, hd=10.0):
-        return {"run": Run(method, budget, seed, (), None),
-                "evals": {"strict": {"mean_dsc": dsc, "mean_hd95": hd, "per_class": {}}}}
-    study = SimpleNamespace(methods=["pce", "pscv", "ms", "em"], reference="pce")
-    rows = [row("pce", 800, 0, 0.60), row("pce", 800, 1, 0.70), row("pce", 3000, 0, 0.70), row("pce", 3000, 1, 0.75),
-            row("pce", 3000, 2, 0.99),  # no seed 2 at 800 and none for pscv: paired with nothing
-            row("pscv", 800, 0, 0.65), row("pscv", 800, 1, 0.70), row("pscv", 3000, 0, 0.80), row("pscv", 3000, 1, 0.82),
-            row("pscv", 3000, 3, 0.10, hd=500.0),  # a seed pce lacks: in the means, not in any Δ
-            row("pscv", 3000, 4, None, hd=900.0),  # no score: in no column
-            row("ms", 800, 0, 0.5),  # one budget only: no trend row
-            row("em", 800, 0, 0.6), row("em", 3000, 1, 0.9)]  # two budgets, but no seed at both: no change
-    text = trend_table(study, rows)
-    lines = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| `")}
-    assert set(lines) == {"| `pce` (its own DSC change)", "| `pscv`", "| `em`"}
-    # by hand: Δ@800 = (0.05, 0.00), Δ@3000 = (0.10, 0.07); change = (0.05, 0.07): mean 0.06, sd 0.01414,
-    # half-width t(0.975, 1) · sd / √2 = 12.706 · 0.01414 / 1.414 = 0.127
-    cells = [c.strip() for c in lines["| `pscv`"].strip("|").split("|")]
-    assert cells[1:5] == ["0.675 ± 0.035", f"{np.mean([0.8, 0.82, 0.1]):.3f} ± {np.std([0.8, 0.82, 0.1], ddof=1):.3f}",
-                          "10.0 ± 0.0", f"{np.mean([10, 10, 500]):.1f} ± {np.std([10, 10, 500], ddof=1):.1f}"]
-    assert cells[5:8] == ["+0.025 [-0.293, +0.343]", "+0.085 [-0.106, +0.276]",
-                          "+0.060 [-0.067, +0.187] (800 → 3000, n=2)"]
-    # the reference's row: its own gain with the budget on seeds 0 and 1, (0.10, 0.05) -> +0.075 ± 12.706 · 0.03536 / √2
-    assert lines["| `pce` (its own DSC change)"].rstrip(" |").endswith("+0.075 [-0.243, +0.393] (800 → 3000, n=2)")
-    assert lines["| `em`"].rstrip(" |").endswith("| —")
-    assert "HD95 (px) @800" in text
-    assert trend_table(study, [r for r in rows if r["run"].budget == 800]) == ""
 
 
 def test_runs_of_a_search_that_failed_are_reported_not_run_not_failed(phantom_store, tmp_path, capsys):
