@@ -235,8 +235,8 @@ def _pairs(raw: Any, where: str, methods: dict[str, Any]) -> tuple[tuple[str, st
     raw = raw or []
     _need(isinstance(raw, list), where, f"expected a list of [a, b] method pairs, found {raw!r}")
     for k, pair in enumerate(raw):
-        _need(isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1], f"{where}[{k}]",
-              f"expected [a, b], two different methods, found {pair!r}")
+        _need(isinstance(pair, list) and len(pair) == 2 and all(isinstance(m, str) for m in pair)
+              and pair[0] != pair[1], f"{where}[{k}]", f"expected [a, b], two different methods, found {pair!r}")
         unknown = [m for m in pair if m not in methods]
         _need(not unknown, f"{where}[{k}]", f"{unknown[0]!r} is not a method ({sorted(methods)})" if unknown else "")
     return tuple((str(a), str(b)) for a, b in raw)

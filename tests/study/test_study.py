@@ -238,6 +238,7 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
     ({"comparisons": [["pscv", "nope"]]}, "comparisons[0]: 'nope' is not a method"),
     ({"comparisons": [["pce", "pce"]]}, "comparisons[0]: expected [a, b], two different methods, found ['pce', 'pce']"),
     ({"comparisons": "pscv - pce"}, "comparisons: expected a list of [a, b] method pairs"),
+    ({"comparisons": [[["pscv"], "pce"]]}, "comparisons[0]: expected [a, b], two different methods"),
 ])
 def test_bad_study_files_are_refused_in_one_line_before_anything_runs(phantom_store, tmp_path, capsys, edit, message):
     path = study_file(tmp_path, phantom_store, **edit)
