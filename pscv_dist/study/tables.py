@@ -104,6 +104,24 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def _per_seed(rows: list[dict[str, Any]], conv: str) -> dict[tuple[str, int], tuple[dict[int, float], dict[int, float]]]:
+    """(method, budget) -> ({seed: mean DSC}, {seed: mean HD95}) of the runs that have a score."""
+    out: dict[tuple[str, int], tuple[dict[int, float], dict[int, float]]] = {}
+    for r in rows:
+        e = r["evals"][conv]
+        if e["mean_dsc"] is None:
+            continue
+        d, h = out.setdefault((r["run"].method, r["run"].budget), ({}, {}))
+        d[r["run"].seed] = e["mean_dsc"]
+        if (v := hd95(e)) is not None:
+            h[r["run"].seed] = v
+    return out
+
+
+def _hd95_unit(rows: list[dict[str, Any]], conv: str) -> str:
+    return "mm" if any("mean_hd95_mm" in r["evals"][conv] for r in rows) else "px"
+
+
 def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") -> str:
     """Mean DSC / HD95 at every budget, Δ vs the reference at every budget, and the change of Δ from
     the method's shortest to its longest budget that it and the reference both reached on common
@@ -112,17 +130,11 @@ def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") 
     budgets = sorted({r["run"].budget for r in rows})
     if len(budgets) < 2:
         return ""
-    dsc: dict[tuple[str, int], dict[int, float]] = {}
-    hd: dict[tuple[str, int], list[float | None]] = {}
-    for r in rows:
-        e = r["evals"][conv]
-        if e["mean_dsc"] is None:  # no score: left out of every column alike
-            continue
-        key = (r["run"].method, r["run"].budget)
-        hd.setdefault(key, []).append(hd95(e))
-        dsc.setdefault(key, {})[r["run"].seed] = e["mean_dsc"]
+    scores = _per_seed(rows, conv)  # a run without a score is left out of every column alike
+    dsc = {k: d for k, (d, _) in scores.items()}
+    hd = {k: list(h.values()) for k, (_, h) in scores.items()}
     ref = study.reference
-    unit = "mm" if any("mean_hd95_mm" in r["evals"][conv] for r in rows) else "px"
+    unit = _hd95_unit(rows, conv)
 
     def delta(m: str, b: int) -> dict[int, float]:
         a, z = dsc.get((m, b), {}), dsc.get((ref, b), {})
@@ -155,26 +167,12 @@ def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") 
                                f"share at both budgets; `{ref}`'s own row gives its DSC gain with the budget.")
 
 
-def _per_seed(rows: list[dict[str, Any]], conv: str) -> dict[tuple[str, int], tuple[dict[int, float], dict[int, float]]]:
-    """(method, budget) -> ({seed: mean DSC}, {seed: mean HD95}) of the runs that have a score."""
-    out: dict[tuple[str, int], tuple[dict[int, float], dict[int, float]]] = {}
-    for r in rows:
-        e = r["evals"][conv]
-        if e["mean_dsc"] is None:
-            continue
-        d, h = out.setdefault((r["run"].method, r["run"].budget), ({}, {}))
-        d[r["run"].seed] = e["mean_dsc"]
-        if hd95(e) is not None:
-            h[r["run"].seed] = hd95(e)
-    return out
-
-
 def comparisons_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") -> str:
     """One line per (pair a − b, budget) both methods reached on a common seed: Δ mean DSC and Δ
     mean HD95 paired seed by seed with their 95 % t intervals, and each seed's Δ DSC. Empty when the
     study names no pair or no pair has a common seed."""
     scores = _per_seed(rows, conv)
-    unit = "mm" if any("mean_hd95_mm" in r["evals"][conv] for r in rows) else "px"
+    unit = _hd95_unit(rows, conv)
     head = ["a − b", "budget", "seeds", "Δ mean DSC [95% CI]", f"Δ mean HD95 ({unit}) [95% CI]", "Δ DSC per seed"]
     lines = [f"### Paired comparisons, `{conv}` convention\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b in study.comparisons:
