@@ -1,14 +1,15 @@
 """The study's tables: per method, against the reference, with the budget, and chosen pairs.
 
 Per method (each budget and convention): per-class and mean DSC and HD95 as mean ± sample std over
-its finished seeds; the paired difference of mean DSC against the reference, seed by seed, with a
-95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both methods finished are
-paired); the share of the reference → upper gap closed, mean(DSC_m − DSC_ref) / mean(DSC_upper −
-DSC_ref) over the seeds all three share; the training wall time. The trend table: per method, mean
-DSC and HD95 at each budget, Δ against the reference at each, and the change of Δ from the shortest
-to the longest budget, paired seed by seed, (m_long − ref_long) − (m_short − ref_short), with its
-95 % t interval. The comparisons table: for each pair (a, b) the study file names, at each budget,
-Δ mean DSC and Δ mean HD95 of a − b, paired seed by seed with the same interval, and each seed's Δ.
+its finished seeds; the paired differences of mean DSC and of mean HD95 against the reference, seed
+by seed, each with a 95 % Student-t interval, mean(d) ± t(0.975, n-1)·sd(d)/√n (only seeds both
+methods finished are paired); the share of the reference → upper gap closed, mean(DSC_m − DSC_ref)
+/ mean(DSC_upper − DSC_ref) over the seeds all three share; the training wall time. The trend
+table: per method, mean DSC and HD95 at each budget, Δ against the reference at each, and the
+change of Δ from the shortest to the longest budget, paired seed by seed, (m_long − ref_long) −
+(m_short − ref_short), with its 95 % t interval. The comparisons table: for each pair (a, b) the
+study file names, at each budget, Δ mean DSC and Δ mean HD95 of a − b, paired seed by seed with the
+same interval, and each seed's Δ.
 """
 from __future__ import annotations
 
@@ -75,14 +76,15 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
             if not at:
                 continue
             classes = list(at[0]["evals"][conv]["per_class"])
-            unit = "mm" if "mean_hd95_mm" in at[0]["evals"][conv] else "px"
+            unit = _hd95_unit(at, conv)
             by_method = {m: [r for r in at if r["run"].method == m] for m in study.methods}
-            dsc = {m: {r["run"].seed: r["evals"][conv]["mean_dsc"] for r in rs if r["evals"][conv]["mean_dsc"] is not None}
-                   for m, rs in by_method.items()}
+            per = _per_seed(at, conv)
+            dsc = {m: per.get((m, budget), ({}, {}))[0] for m in study.methods}
+            hd = {m: per.get((m, budget), ({}, {}))[1] for m in study.methods}
             ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
             head = ["method", "seeds", "mean DSC", *[f"DSC {c}" for c in classes], f"mean HD95 ({unit})",
                     *[f"HD95 {c}" for c in classes], f"Δ DSC vs {study.reference} [95% CI]",
-                    "gap closed", "train (min)", "paper DSC", "paper HD95"]
+                    f"Δ HD95 vs {study.reference} [95% CI]", "gap closed", "train (min)", "paper DSC", "paper HD95"]
             lines = [f"### {budget} iterations, `{conv}` convention\n", "| " + " | ".join(head) + " |",
                      "|" + "---|" * len(head)]
             for m, rs in by_method.items():
@@ -90,14 +92,14 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                     continue
                 ev = [r["evals"][conv] for r in rs]
                 diff = paired_interval(dsc[m], ref) if m != study.reference else None
-                dtxt = _interval_text(diff)
+                hdiff = paired_interval(hd[m], hd.get(study.reference, {})) if m != study.reference else None
                 share = gap_closed(dsc[m], ref, up) if m not in (study.reference, study.upper) else None
                 gap = "—" if share is None else f"{share[0]:+.0%}" + (f" (n={share[1]})" if share[1] < len(rs) else "")
                 paper = study.paper.get(m, {})
                 cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
                          *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
                          _ms([hd95(e) for e in ev], 1), *[_ms([hd95(e, c) for e in ev], 1) for c in classes],
-                         dtxt, gap, _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
+                         _interval_text(diff), _interval_text(hdiff, 1), gap, _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
                          str(paper.get("dsc", "—")), str(paper.get("hd95", "—"))]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))

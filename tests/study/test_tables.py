@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from pscv_dist.study.plan import Run
-from pscv_dist.study.tables import comparisons_table, gap_closed, paired_interval, trend_table
+from pscv_dist.study.tables import comparisons_table, gap_closed, paired_interval, tables, trend_table
 
 
-def row(method, budget, seed, dsc, hd=10.0):
-    return {"run": Run(method, budget, seed, (), None),
-            "evals": {"strict": {"mean_dsc": dsc, "mean_hd95": hd, "per_class": {}}}}
+def row(method, budget, seed, dsc, hd=10.0, train_s=60.0):
+    ev = {"mean_dsc": dsc, "mean_hd95": hd, "per_class": {}}
+    return {"run": Run(method, budget, seed, (), None), "evals": {"strict": ev, "literature": dict(ev)},
+            "train_s": train_s}
 
 
 def test_gap_closed_pairs_the_seeds_all_three_share():
@@ -72,3 +73,22 @@ def test_the_comparisons_table_pairs_each_named_pair_seed_by_seed():
     assert lines[1] == "| `pscv` − `ms` | 800 | 1 | +0.100 (n=1) | -4.0 (n=1) | s0 +0.100 |"
     assert "HD95 (px)" in text and "`strict` convention" in text
     assert comparisons_table(SimpleNamespace(comparisons=[], budgets=(800,)), rows) == ""
+
+
+def test_the_main_table_pairs_dsc_and_hd95_against_the_reference_seed_by_seed():
+    study = SimpleNamespace(methods=["pce", "pscv", "full"], reference="pce", upper="full", budgets=(800,), paper={})
+    rows = [row("pce", 800, 0, 0.60, 20.0), row("pce", 800, 1, 0.70, 30.0), row("pce", 800, 2, 0.65, 25.0),
+            row("pscv", 800, 0, 0.65, 14.0), row("pscv", 800, 1, 0.72, 28.0),
+            row("pscv", 800, 2, None, 900.0),  # no score: counted as a seed run, paired with nothing
+            row("full", 800, 0, 0.80, 5.0), row("full", 800, 1, 0.90, 4.0)]
+    text = tables(study, rows)
+    strict = text.split("`literature` convention")[0]
+    head = next(line for line in strict.splitlines() if line.startswith("| method"))
+    assert "| Δ DSC vs pce [95% CI] | Δ HD95 vs pce [95% CI] | gap closed |" in head
+    cells = [c.strip() for c in next(line for line in strict.splitlines() if line.startswith("| `pscv`")).strip("|").split("|")]
+    # by hand: seeds 0-1, Δ DSC (0.05, 0.02): +0.035 ± 12.706 · 0.0212 / √2 = 0.1906; Δ HD95 (-6, -2):
+    # -4.0 ± 12.706 · 2.828 / √2 = 25.41; gap closed on seeds 0-1 of the 3: 0.035 / mean(0.20, 0.20) = 18 %
+    assert cells[0:3] == ["`pscv`", "3", "0.685 ± 0.049"]
+    assert cells[4:8] == ["+0.035 [-0.156, +0.226]", "-4.0 [-29.4, +21.4]", "+18% (n=2)", "1.0 ± 0.0"]
+    pce = [c.strip() for c in next(line for line in strict.splitlines() if line.startswith("| `pce`")).strip("|").split("|")]
+    assert pce[4:7] == ["—", "—", "—"]
