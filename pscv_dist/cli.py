@@ -176,8 +176,9 @@ def _cmd_study(args) -> int:
         res = run_study(study, RunOptions(out=out, methods=args.methods and _csv(args.methods),
                                           budgets=_ints(args.budgets, "--budgets"),
                                           seeds=_ints(args.seeds, "--seeds"),
-                                          parallel=args.parallel, address=args.address, cpus_per_run=args.cpus_per_run,
-                                          gpus_per_run=args.gpus_per_run, dry_run=args.dry_run))
+                                          parallel=args.parallel, threads=args.threads, address=args.address,
+                                          cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                                          dry_run=args.dry_run))
         if args.dry_run:
             print(f"{res['done']} run(s) done, {res['todo']} to run")
             return 0
@@ -324,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", help="comma-separated subset of its budgets")
     p.add_argument("--seeds", help="comma-separated subset of its seeds")
     p.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (threads split evenly)")
+    p.add_argument("--threads", type=int, help="threads of each run on this machine (default: cores // --parallel); "
+                   "e.g. 1 for two study commands side by side on 2 cores")
     p.add_argument("--address", help="run each run as a Ray task: auto or ray://HOST:10001 (a cluster), local (a fresh Ray here)")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --address: CPUs each run asks Ray for")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="with --address: GPUs each run asks Ray for")

@@ -12,7 +12,8 @@ did is recorded beside its folder, ``runs/<method>/b<budget>_s<seed>.json``:
 - A folder holding a run of other settings is refused, never replaced: the study file changed
   (its fingerprint), or the preset or pscv-dist's defaults did (the config its checkpoint saved,
   :mod:`.provenance`). Move it away or use another ``--out``.
-- Runs go ``--parallel`` at a time on this machine (each with ``cpus // parallel`` threads), or,
+- Runs go ``--parallel`` at a time on this machine (each with ``--threads``, by default
+  ``cpus // parallel`` threads), or,
   with ``--address``, as Ray tasks on a cluster (``--cpus-per-run``/``--gpus-per-run``); ``--out``
   must then be on storage every node sees.
 """
@@ -47,6 +48,7 @@ class RunOptions:
     budgets: list[int] | None = None
     seeds: list[int] | None = None
     parallel: int = 1
+    threads: int | None = None  # per local run; None: the cores split evenly over --parallel
     address: str | None = None
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
@@ -280,6 +282,11 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
             raise ConfigError(f"{name}: {bad} not in the study file {study.source} ({allowed})")
     if opts.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {opts.parallel}")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {opts.threads}")
+    if opts.threads is not None and opts.address:
+        raise ConfigError("--threads sets the threads of runs on this machine; with --address each run "
+                          "gets --cpus-per-run threads")
     opts = dataclasses.replace(opts, out=opts.out.resolve())  # the commands may run in other folders (Ray)
     check_study_folder(opts.out)
     check_study(study, opts.out, opts.methods)
@@ -361,7 +368,7 @@ class _Executor:
 
     def __init__(self, opts: RunOptions):
         self.opts = opts
-        self.threads = max(1, (os.cpu_count() or 1) // opts.parallel)
+        self.threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.parallel)
 
     def __enter__(self):
         if self.opts.address:

@@ -532,3 +532,31 @@ def test_runs_of_a_search_that_failed_are_reported_not_run_not_failed(phantom_st
     assert cli_main(["study", "run", str(path), "--out", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
     assert "1 run(s) not run, their search has no best trial: pce_lr/b4_s0" in out and "failed" not in out
+
+
+@pytest.mark.parametrize("opts, threads", [({"parallel": 2, "threads": 3}, 3), ({"parallel": 2}, None)])
+def test_each_local_run_gets_the_threads_asked_for(tmp_path, opts, threads):
+    """--threads reaches the run's process (OMP_NUM_THREADS, which torch reads); without it the
+    cores are split over --parallel. A real subprocess stands for the training command."""
+    import sys
+
+    from pscv_dist.study.runner import _Executor
+
+    seen = tmp_path / "threads.txt"
+    code = "import os, sys; open(sys.argv[2], 'w').write(os.environ['OMP_NUM_THREADS'] + ' ' + os.environ['MKL_NUM_THREADS'])"
+    with _Executor(RunOptions(out=tmp_path, **opts)) as ex:
+        (fut, res), = ex.as_completed([ex.submit([[sys.executable, "-c", code, "train", str(seen)]], str(tmp_path / "log"))])
+    want = threads or max(1, (os.cpu_count() or 1) // 2)
+    assert res["rc"] == 0 and seen.read_text() == f"{want} {want}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--threads", "2", "--address", "local"], "--threads sets the threads of runs on this machine; with --address"),
+])
+def test_bad_thread_options_are_refused_in_one_line(phantom_store, tmp_path, capsys, args, message):
+    path = study_file(tmp_path, phantom_store)
+    rc = cli_main(["study", "run", str(path), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
