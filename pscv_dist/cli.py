@@ -324,9 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated subset of the study's methods")
     p.add_argument("--budgets", help="comma-separated subset of its budgets")
     p.add_argument("--seeds", help="comma-separated subset of its seeds")
-    p.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (threads split evenly)")
-    p.add_argument("--threads", type=int, help="threads of each run on this machine (default: cores // --parallel); "
-                   "e.g. 1 for two study commands side by side on 2 cores")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (cores split evenly unless --threads)")
+    p.add_argument("--threads", type=int, help="threads of each run on this machine (default: cores // --parallel), "
+                   "e.g. 1 for two study commands side by side on 2 cores; not a search's trials "
+                   "(each takes the CPUs Ray gives it)")
     p.add_argument("--address", help="run each run as a Ray task: auto or ray://HOST:10001 (a cluster), local (a fresh Ray here)")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --address: CPUs each run asks Ray for")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="with --address: GPUs each run asks Ray for")

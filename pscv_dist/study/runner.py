@@ -285,8 +285,8 @@ def run_study(study: Study, opts: RunOptions) -> dict[str, Any]:
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {opts.threads}")
     if opts.threads is not None and opts.address:
-        raise ConfigError("--threads sets the threads of runs on this machine; with --address each run "
-                          "gets --cpus-per-run threads")
+        raise ConfigError(f"--threads {opts.threads} with --address {opts.address}: expected --threads only for runs "
+                          "on this machine; on Ray each run gets --cpus-per-run threads")
     opts = dataclasses.replace(opts, out=opts.out.resolve())  # the commands may run in other folders (Ray)
     check_study_folder(opts.out)
     check_study(study, opts.out, opts.methods)

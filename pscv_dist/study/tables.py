@@ -84,7 +84,7 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
             ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
             head = ["method", "seeds", "mean DSC", *[f"DSC {c}" for c in classes], f"mean HD95 ({unit})",
                     *[f"HD95 {c}" for c in classes], f"Δ DSC vs {study.reference} [95% CI]",
-                    f"Δ HD95 vs {study.reference} [95% CI]", "gap closed", "train (min)", "paper DSC", "paper HD95"]
+                    f"Δ HD95 ({unit}) vs {study.reference} [95% CI]", "gap closed", "train (min)", "paper DSC", "paper HD95"]
             lines = [f"### {budget} iterations, `{conv}` convention\n", "| " + " | ".join(head) + " |",
                      "|" + "---|" * len(head)]
             for m, rs in by_method.items():

@@ -71,6 +71,8 @@ def test_lines_of_other_overrides_are_left_out_with_the_reason(phantom_store, tm
     (lambda t: t.replace("mean_hd95,", "hd95,"), "missing mean_hd95"),
     (lambda t: t.replace("0.6600", "0.66x", 1), "runs.csv:2: expected a number or nothing in column dsc_A, found '0.66x'"),
     (lambda t: t.replace(",strict,", ",loose,", 1), "expected convention in"),
+    (lambda t: t.replace(",px,", ",mm,", 3).replace(",mm,", ",px,", 2),  # lines 2-3 px, line 4 mm
+     "runs.csv:4: expected hd95_unit px as on the lines before (HD95 in one unit is paired and averaged), found 'mm'"),
     (lambda t: t + t.splitlines()[1] + "\n", "a second strict line for pce/b4_s0"),
     (lambda t: t.replace(",7.0,", ",8.0,", 1), "pce/b4_s0's literature line gives another fingerprint or train_min than its other line: "),
     (lambda t: t.replace("method", "m\x00\xe9thod"), "not a study's runs.csv"),

@@ -534,8 +534,11 @@ def test_runs_of_a_search_that_failed_are_reported_not_run_not_failed(phantom_st
     assert "1 run(s) not run, their search has no best trial: pce_lr/b4_s0" in out and "failed" not in out
 
 
-@pytest.mark.parametrize("opts, threads", [({"parallel": 2, "threads": 3}, 3), ({"parallel": 2}, None)])
-def test_each_local_run_gets_the_threads_asked_for(tmp_path, opts, threads):
+SPLIT = max(1, (os.cpu_count() or 1) // 2)  # the default threads of a run with --parallel 2
+
+
+@pytest.mark.parametrize("opts, want", [({"parallel": 2, "threads": SPLIT + 1}, SPLIT + 1), ({"parallel": 2}, SPLIT)])
+def test_each_local_run_gets_the_threads_asked_for(tmp_path, opts, want):
     """--threads reaches the run's process (OMP_NUM_THREADS, which torch reads); without it the
     cores are split over --parallel. A real subprocess stands for the training command."""
     import sys
@@ -546,13 +549,12 @@ def test_each_local_run_gets_the_threads_asked_for(tmp_path, opts, threads):
     code = "import os, sys; open(sys.argv[2], 'w').write(os.environ['OMP_NUM_THREADS'] + ' ' + os.environ['MKL_NUM_THREADS'])"
     with _Executor(RunOptions(out=tmp_path, **opts)) as ex:
         (fut, res), = ex.as_completed([ex.submit([[sys.executable, "-c", code, "train", str(seen)]], str(tmp_path / "log"))])
-    want = threads or max(1, (os.cpu_count() or 1) // 2)
     assert res["rc"] == 0 and seen.read_text() == f"{want} {want}"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--threads", "0"], "--threads must be >= 1, got 0"),
-    (["--threads", "2", "--address", "local"], "--threads sets the threads of runs on this machine; with --address"),
+    (["--threads", "2", "--address", "local"], "--threads 2 with --address local: expected --threads only for runs"),
 ])
 def test_bad_thread_options_are_refused_in_one_line(phantom_store, tmp_path, capsys, args, message):
     path = study_file(tmp_path, phantom_store)

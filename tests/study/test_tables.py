@@ -78,17 +78,24 @@ def test_the_comparisons_table_pairs_each_named_pair_seed_by_seed():
 def test_the_main_table_pairs_dsc_and_hd95_against_the_reference_seed_by_seed():
     study = SimpleNamespace(methods=["pce", "pscv", "full"], reference="pce", upper="full", budgets=(800,), paper={})
     rows = [row("pce", 800, 0, 0.60, 20.0), row("pce", 800, 1, 0.70, 30.0), row("pce", 800, 2, 0.65, 25.0),
-            row("pscv", 800, 0, 0.65, 14.0), row("pscv", 800, 1, 0.72, 28.0),
-            row("pscv", 800, 2, None, 900.0),  # no score: counted as a seed run, paired with nothing
-            row("full", 800, 0, 0.80, 5.0), row("full", 800, 1, 0.90, 4.0)]
+            row("pscv", 800, 0, None, None),  # run, nothing scored: counted as a seed, paired with nothing
+            row("pscv", 800, 1, 0.72, 28.0), row("pscv", 800, 2, 0.68, 19.0),
+            row("full", 800, 1, 0.90, 4.0), row("full", 800, 2, 0.80, 5.0)]
     text = tables(study, rows)
     strict = text.split("`literature` convention")[0]
     head = next(line for line in strict.splitlines() if line.startswith("| method"))
-    assert "| Δ DSC vs pce [95% CI] | Δ HD95 vs pce [95% CI] | gap closed |" in head
+    assert "| Δ DSC vs pce [95% CI] | Δ HD95 (px) vs pce [95% CI] | gap closed |" in head
     cells = [c.strip() for c in next(line for line in strict.splitlines() if line.startswith("| `pscv`")).strip("|").split("|")]
-    # by hand: seeds 0-1, Δ DSC (0.05, 0.02): +0.035 ± 12.706 · 0.0212 / √2 = 0.1906; Δ HD95 (-6, -2):
-    # -4.0 ± 12.706 · 2.828 / √2 = 25.41; gap closed on seeds 0-1 of the 3: 0.035 / mean(0.20, 0.20) = 18 %
-    assert cells[0:3] == ["`pscv`", "3", "0.685 ± 0.049"]
-    assert cells[4:8] == ["+0.035 [-0.156, +0.226]", "-4.0 [-29.4, +21.4]", "+18% (n=2)", "1.0 ± 0.0"]
+    # by hand, seeds 1-2 (pairing by position would take pce's seeds 0-1): Δ DSC (0.02, 0.03): +0.025 ±
+    # 12.706 · 0.00707 / √2 = 0.0635; Δ HD95 (-2, -6): -4.0 ± 12.706 · 2.828 / √2 = 25.41; gap closed
+    # mean(0.02, 0.03) / mean(0.20, 0.15) = 14 % (seeds 1-2 of the 3)
+    assert cells[:4] == ["`pscv`", "3", "0.700 ± 0.028", "23.5 ± 6.4"]
+    assert cells[4:8] == ["+0.025 [-0.039, +0.089]", "-4.0 [-29.4, +21.4]", "+14% (n=2)", "1.0 ± 0.0"]
     pce = [c.strip() for c in next(line for line in strict.splitlines() if line.startswith("| `pce`")).strip("|").split("|")]
     assert pce[4:7] == ["—", "—", "—"]
+    # a reference scored without any HD95 (every prediction empty): no Δ HD95, Δ DSC as before
+    no_hd = [row("pce", 800, r["run"].seed, r["evals"]["strict"]["mean_dsc"], None) if r["run"].method == "pce" else r
+             for r in rows]
+    cells = [c.strip() for c in next(line for line in tables(study, no_hd).splitlines()
+                                     if line.startswith("| `pscv`")).strip("|").split("|")]
+    assert cells[4:6] == ["+0.025 [-0.039, +0.089]", "—"]
