@@ -2,8 +2,9 @@
 report is computed from.
 
 Columns: method, budget, seed, convention, mean and per-class DSC and HD95 (``hd95_unit`` px or
-mm, one for the whole file), training minutes, the run's fingerprint. It is small and holds no image data, so a study's
-results can be kept in git beside its file when the run folders are gone (``docs/results/``).
+mm, one for the whole file), training minutes, the run's fingerprint. It is small and holds no
+image data, so a study's results can be kept in git beside its file when the run folders are gone
+(``docs/results/``).
 ``pscv study report`` writes it; ``pscv study report --from-csv`` reads it back and rebuilds the
 tables and the trend table from it alone (no figures: the curves and the models stay with the run
 folders). Reading checks each line against the study file as it is now: a method, budget or seed
@@ -77,7 +78,7 @@ def read_csv(study: Study, path: Path, left_out: list[str], unchecked: list[str]
     runs = {(r.method, r.budget, r.seed): r for r in study.runs()}
     evals: dict[tuple, dict[str, dict[str, Any]]] = {}
     meta: dict[tuple, tuple[float | None, str]] = {}
-    units: dict[str, str] = {}
+    first_unit: str | None = None
     for n, line in lines:
         where = f"{path}:{n}"
         try:
@@ -91,8 +92,9 @@ def read_csv(study: Study, path: Path, left_out: list[str], unchecked: list[str]
                               f"{conv!r}, {unit!r}")
         if conv in evals.get(key, {}):
             raise ConfigError(f"{where}: a second {conv} line for {key[0]}/b{key[1]}_s{key[2]}")
-        if units.setdefault("first", unit) != unit:
-            raise ConfigError(f"{where}: expected hd95_unit {units['first']} as on the lines before (HD95 in one unit "
+        first_unit = first_unit or unit
+        if unit != first_unit:
+            raise ConfigError(f"{where}: expected hd95_unit {first_unit} as on the lines before (HD95 in one unit "
                               f"is paired and averaged), found {unit!r}")
         hd_key = "hd95_mm" if unit == "mm" else "hd95"
         evals.setdefault(key, {})[conv] = {

@@ -79,12 +79,12 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
             unit = _hd95_unit(at, conv)
             by_method = {m: [r for r in at if r["run"].method == m] for m in study.methods}
             per = _per_seed(at, conv)
-            dsc = {m: per.get((m, budget), ({}, {}))[0] for m in study.methods}
-            hd = {m: per.get((m, budget), ({}, {}))[1] for m in study.methods}
+            dsc, hd = ({m: per.get((m, budget), ({}, {}))[i] for m in study.methods} for i in (0, 1))
             ref, up = dsc.get(study.reference, {}), dsc.get(study.upper or "", {})
             head = ["method", "seeds", "mean DSC", *[f"DSC {c}" for c in classes], f"mean HD95 ({unit})",
                     *[f"HD95 {c}" for c in classes], f"Δ DSC vs {study.reference} [95% CI]",
-                    f"Δ HD95 ({unit}) vs {study.reference} [95% CI]", "gap closed", "train (min)", "paper DSC", "paper HD95"]
+                    f"Δ HD95 ({unit}) vs {study.reference} [95% CI]", "gap closed", "train (min)", "paper DSC",
+                    "paper HD95"]
             lines = [f"### {budget} iterations, `{conv}` convention\n", "| " + " | ".join(head) + " |",
                      "|" + "---|" * len(head)]
             for m, rs in by_method.items():
@@ -99,7 +99,8 @@ def tables(study: Study, rows: list[dict[str, Any]]) -> str:
                 cells = [f"`{m}`", str(len(rs)), _ms([e["mean_dsc"] for e in ev]),
                          *[_ms([e["per_class"][c]["dsc"] for e in ev]) for c in classes],
                          _ms([hd95(e) for e in ev], 1), *[_ms([hd95(e, c) for e in ev], 1) for c in classes],
-                         _interval_text(diff), _interval_text(hdiff, 1), gap, _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
+                         _interval_text(diff), _interval_text(hdiff, 1), gap,
+                         _ms([r["train_s"] / 60 if r["train_s"] else None for r in rs], 1),
                          str(paper.get("dsc", "—")), str(paper.get("hd95", "—"))]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
