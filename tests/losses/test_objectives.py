@@ -66,6 +66,26 @@ def test_baseline_totals():
     assert ms == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("name,zero", [("entmini", {"lambda_ent": 0.0}), ("ms", {"lambda_ms": 0.0, "mu": 0.0}),
+                                       ("pscv", {"lambda_cv": 0.0, "mu": 0.0})])
+def test_a_term_at_zero_weight_is_pce_bit_for_bit(name, zero):
+    """The study reads an arm's gap to pCE as its term's doing: at weight 0 nothing else may differ.
+    And a 1e-8 entropy weight must change the gradient (the study's pce_nudged arm relies on it)."""
+    batch = _batch()
+
+    def grad(obj):
+        logits = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        out = obj(logits, batch, step=0)
+        out["loss"].backward()
+        return out["loss"].detach(), logits.grad
+
+    pce_loss, pce_grad = grad(_build("pce"))
+    loss, g = grad(_build(name, **zero))
+    assert torch.equal(loss, pce_loss) and torch.equal(g, pce_grad)
+    _, nudged = grad(_build("entmini", lambda_ent=1e-8))
+    assert not torch.equal(nudged, pce_grad)
+
+
 def test_pscv_reads_every_key_of_its_config():
     cfg = LossConfig(name="pscv", lambda_cv=0.3, lambda_cv_warmup=4, mu=1e-2, tau=0.2, cv_classes="foreground",
                      gather_dtype="bfloat16")
