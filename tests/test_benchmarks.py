@@ -120,3 +120,21 @@ def test_bench_cv_prints_its_table_at_toy_size():
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     names = [row[0] for row in res["rows"]]
     assert "ratio eager CV / floor (goal <= 1.5)" in names and len(res["gather"]) == 6
+
+
+def test_divergence_puts_a_zero_weight_on_pce_and_a_tiny_one_off_it(phantom_store):
+    proc = _run("benchmarks/divergence.py", str(phantom_store), "--steps", "4", "--every", "2",
+                "--arm", "zero=loss.name=entmini,loss.lambda_ent=0", "--arm", "nudged=loss.name=entmini,loss.lambda_ent=1e-8",
+                "--set", "data.train_split=fold0/train", "--set", "data.batch_size=4", "--set", "model.base_width=8",
+                "--set", "model.depth=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(r[0], int(r[1])): (float(r[2]), float(r[3])) for r in map(str.split, proc.stdout.splitlines())
+            if len(r) == 4 and r[0] in ("zero", "nudged")}
+    assert set(rows) == {(arm, step) for arm in ("zero", "nudged") for step in (2, 4)}
+    assert rows["zero", 2] == rows["zero", 4] == (0.0, 0.0)  # the same path: the same bits
+    assert rows["nudged", 4][0] > 0  # a 1e-8 term changes the weights
+
+
+def test_divergence_refuses_a_bad_arm_in_one_line(phantom_store):
+    proc = _run("benchmarks/divergence.py", str(phantom_store), "--arm", "justaname")
+    assert proc.returncode != 0 and "expected NAME=key=value" in proc.stderr and "Traceback" not in proc.stderr
