@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import ConfigError, PscvError
 from .plan import Run, Search, Study, fingerprint
 from .provenance import config_drift, describe_drift
-from .runner import CONVENTIONS, SearchedValues, check_study_folder, claim_study_folder, eval_path, read_record, record_path
+from .folder import CONVENTIONS, check_study_folder, claim_study_folder, eval_path, read_record, record_path
+from .runner import SearchedValues
 from .runs_csv import read_csv, write_csv
 from .tables import comparisons_table, tables, trend_table
 

@@ -11,7 +11,8 @@ did is recorded beside its folder, ``runs/<method>/b<budget>_s<seed>.json``:
   missing is redone.
 - A folder holding a run of other settings is refused, never replaced: the study file changed
   (its fingerprint), or the preset or pscv-dist's defaults did (the config its checkpoint saved,
-  :mod:`.provenance`). Move it away or use another ``--out``.
+  :mod:`.provenance`). Move it away or use another ``--out``. The folder's layout and who may write
+  there: :mod:`.folder`.
 - Runs go ``--parallel`` at a time on this machine (each with ``--threads``, by default
   ``cpus // parallel`` threads), or,
   with ``--address``, as Ray tasks on a cluster (``--cpus-per-run``/``--gpus-per-run``); ``--out``
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import json
 import logging
 import os
 import subprocess
@@ -34,11 +34,12 @@ import yaml
 
 from ..errors import ConfigError, PscvError
 from ..files import RunLock, absolute_local, write_json_atomic
+from .folder import (CONVENTIONS, LOCK, SEARCH_RECORD, check_owned, check_search_folder, check_study_folder,
+                     claim_study_folder, eval_path, read_record, record_path)
 from .plan import Run, Search, Study, as_overrides, check_study, fingerprint
 from .provenance import config_drift, describe_drift, search_drift, trained_config
 
 log = logging.getLogger(__name__)
-CONVENTIONS = ("strict", "literature")
 
 
 @dataclasses.dataclass
@@ -53,59 +54,6 @@ class RunOptions:
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
     dry_run: bool = False
-
-
-def record_path(run: Run, out: Path) -> Path:
-    return run.folder(out).with_suffix(".json")
-
-
-def eval_path(run: Run, out: Path, convention: str) -> Path:
-    return run.folder(out).with_name(f"{run.folder(out).name}.{convention}.json")
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-SEARCH_RECORD = "study_search.json"  # in a search folder: the fingerprint of the search it holds
-
-
-MARKER = ".pscv_study"  # in --out: this folder was made by pscv study (it may write here)
-LOCK = ".pscv_study.lock"  # in --out while a `pscv study run` works there
-
-
-def check_study_folder(out: Path) -> None:
-    """``--out`` is new, empty, or a folder pscv study made: it writes ``study.yaml``, ``logs/``,
-    ``report/`` and an MLflow store there, and must never overwrite files it did not create."""
-    if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: exists and is not a study folder (no {MARKER}); choose a new or empty folder")
-
-
-def claim_study_folder(out: Path) -> None:
-    """Make ``out`` (checked by :func:`check_study_folder`) a study folder: pscv study may write there."""
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / MARKER).exists():
-        (out / MARKER).touch()
-
-
-def check_owned(folder: Path, record: Path, fp: str, kind: str, name: str) -> None:
-    """``folder`` holds the ``kind`` (run or search) the study file asks for now (its record's
-    fingerprint), or nothing: anything else is refused, never replaced."""
-    rec = read_record(record)
-    if rec is not None and rec.get("fingerprint") != fp:
-        raise ConfigError(f"{folder}: holds {kind} {name} with other settings than the study file now gives "
-                          f"(fingerprint {rec.get('fingerprint')} vs {fp}); move it away or choose another --out")
-    if rec is None and folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder}: exists and is not a {kind} of this study (no {record.name}); "
-                          "move it away or choose another --out")
-
-
-def check_search_folder(study: Study, search: Search, out: Path) -> None:
-    check_owned(search.folder(out), search.folder(out) / SEARCH_RECORD, search.fingerprint(study.overrides),
-                "search", search.name)
 
 
 def searched_values(study: Study, search: Search, out: Path) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .plan import Study, fingerprint
-from .runner import CONVENTIONS
+from .folder import CONVENTIONS
 KEYS = ("method", "budget", "seed", "convention", "mean_dsc", "mean_hd95", "hd95_unit", "train_min", "fingerprint")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .plan import Study
-from .runner import CONVENTIONS
+from .folder import CONVENTIONS
 from .runs_csv import hd95
 
 

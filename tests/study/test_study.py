@@ -16,7 +16,7 @@ from pscv_dist.cli import main as cli_main
 from pscv_dist.errors import ConfigError
 from pscv_dist.study import RunOptions, load_study, run_study, write_report
 from pscv_dist.study.plan import fingerprint
-from pscv_dist.study.runner import eval_path, record_path
+from pscv_dist.study.folder import eval_path, record_path
 
 ITERS = 4
 
@@ -329,7 +329,8 @@ def _best_config(config: str, overrides: list[str], space: Path, folder: Path, v
 def _finished_search(study, name: str, out: Path, values: dict, **changes) -> Path:
     """A search folder as ``pscv study run`` leaves it: its record, and its best trial's config as
     ``pscv tune`` writes it, with ``changes`` as an older pscv-dist would have run it."""
-    from pscv_dist.study.runner import SEARCH_RECORD, _portable, search_overrides
+    from pscv_dist.study.folder import SEARCH_RECORD
+    from pscv_dist.study.runner import _portable, search_overrides
 
     search = study.searches[name]
     folder = search.folder(out)
