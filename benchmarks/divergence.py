@@ -2,8 +2,8 @@
 given weight (by default 1e-8, 1e-3 and 0.1 x the entropy, and 0 as the control), same seed, same
 data order, same augmentation.
 
-    python benchmarks/divergence.py STORE [--config cpu_quick] [--steps 60] [--every 20]
-        [--arm NAME=key=value,key=value ...] [--set key=value ...] [--out DIR]
+    python benchmarks/divergence.py STORE [--config cpu_quick] [--steps 60] [--every 20] [--seed 0]
+        [--arm NAME=key=value,key=value ...] [--set key=value ...] [--val-split fold0/val] [--out NEW_DIR]
 
 Every arm is a real ``pscv train`` (the users' code path, one process, ``--set`` overrides on
 all). At each checkpoint step it prints, per arm, the weights' relative distance to pCE's,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,7 @@ def train(store: str, config: str, out: Path, steps: int, every: int, seed: int,
     args = ["train", "--config", config, f"data.store={store}", f"train.out_dir={out}", f"train.iterations={steps}",
             f"train.ckpt_every={every}", f"train.keep_last={steps // every + 1}", f"train.val_every={10 * steps}",
             f"train.seed={seed}", "train.progress=false", "tracking.enabled=false", "data.num_workers=0", *extra]
-    code = "import sys; from pscv_dist.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pscv_dist.cli", *args], capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"pscv train {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
 
@@ -68,19 +68,27 @@ def main() -> None:
     ap.add_argument("--val-split", default="fold0/val")
     ap.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     a = ap.parse_args()
-    if a.steps < a.every or a.steps % a.every:
-        sys.exit(f"--steps {a.steps} must be a positive multiple of --every {a.every}")
+    if a.every < 1 or a.steps < a.every or a.steps % a.every:
+        sys.exit(f"--steps {a.steps}, --every {a.every}: expected --every >= 1 and --steps a multiple of it")
     arms = {}
     for spec in a.arm or DEFAULT_ARMS:
         name, _, sets = spec.partition("=")
-        if not name or not sets:
-            sys.exit(f"--arm {spec!r}: expected NAME=key=value[,key=value]")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", name) or not sets:
+            sys.exit(f"--arm {spec!r}: expected NAME=key=value[,key=value] with NAME a plain folder name")
+        if name == "pce" or name in arms:
+            sys.exit(f"--arm {spec!r}: the name {name!r} is {'the reference' if name == 'pce' else 'given twice'}")
         arms[name] = sets.split(",")
+    if a.out and Path(a.out).exists() and (not Path(a.out).is_dir() or any(Path(a.out).iterdir())):
+        sys.exit(f"--out {a.out}: exists and is not an empty folder; choose a new one (runs there would resume)")
 
     from pscv_dist.data import SliceStore
+    from pscv_dist.errors import PscvError
 
-    store = SliceStore(a.store)
-    idx = store.slice_indices(store.split(a.val_split))[:64]
+    try:
+        store = SliceStore(a.store)
+        idx = store.slice_indices(store.split(a.val_split))[:64]
+    except PscvError as exc:
+        sys.exit(f"divergence: {exc}")
     images = torch.from_numpy(np.concatenate([store.read_slices(int(i), int(i) + 1)[0] for i in idx]))[:, None]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.out or tmp)

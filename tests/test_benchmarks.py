@@ -122,6 +122,7 @@ def test_bench_cv_prints_its_table_at_toy_size():
     assert "ratio eager CV / floor (goal <= 1.5)" in names and len(res["gather"]) == 6
 
 
+@pytest.mark.slow
 def test_divergence_puts_a_zero_weight_on_pce_and_a_tiny_one_off_it(phantom_store):
     proc = _run("benchmarks/divergence.py", str(phantom_store), "--steps", "4", "--every", "2",
                 "--arm", "zero=loss.name=entmini,loss.lambda_ent=0", "--arm", "nudged=loss.name=entmini,loss.lambda_ent=1e-8",
@@ -135,6 +136,16 @@ def test_divergence_puts_a_zero_weight_on_pce_and_a_tiny_one_off_it(phantom_stor
     assert rows["nudged", 4][0] > 0  # a 1e-8 term changes the weights
 
 
-def test_divergence_refuses_a_bad_arm_in_one_line(phantom_store):
-    proc = _run("benchmarks/divergence.py", str(phantom_store), "--arm", "justaname")
-    assert proc.returncode != 0 and "expected NAME=key=value" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args,says", [(["--arm", "justaname"], "expected NAME=key=value"),
+                                       (["--arm", "pce=loss.name=ms"], "is the reference"),
+                                       (["--arm", "../up=loss.name=ms"], "a plain folder name"),
+                                       (["--every", "0"], "expected --every >= 1"),
+                                       (["--out", "HOLDS_A_FILE"], "is not an empty folder")])
+def test_divergence_refuses_bad_input_in_one_line_and_writes_nothing(phantom_store, tmp_path, args, says):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "theirs.txt").write_text("not ours")
+    args = [str(out) if a == "HOLDS_A_FILE" else a for a in args]
+    proc = _run("benchmarks/divergence.py", str(phantom_store), *args)
+    assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
