@@ -25,6 +25,7 @@
       pce: {dsc: 0.722}
     comparisons:                      # pairs a - b to difference seed by seed besides "vs reference" (optional)
       - [pscv_searched, pscv_paper]
+      - [pscv_searched, [pce, pce_nudged]]     # a list: the per-seed mean of those methods' runs
 
 Every value is checked before anything runs: each run's config is built (unknown keys, bad values
 and the splits against the store are refused in one line naming the study file and the method).
@@ -40,6 +41,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+
+Side = str | tuple[str, ...]  # one side of a comparison: a method, or methods pooled seed by seed
 
 RUN_KEYS = ("train.iterations", "train.seed", "train.out_dir", "data.train_split", "data.val_split",
             "tracking.tracking_uri", "tracking.artifact_location", "tracking.experiment", "tracking.run_name")
@@ -99,7 +102,7 @@ class Study:
     searches: dict[str, Search]
     methods: dict[str, dict[str, Any]]
     paper: dict[str, dict[str, Any]]
-    comparisons: tuple[tuple[str, str], ...] = ()
+    comparisons: tuple[tuple[Side, Side], ...] = ()
 
     def runs(self, methods: list[str] | None = None, budgets: list[int] | None = None,
              seeds: list[int] | None = None) -> list[Run]:
@@ -230,16 +233,34 @@ def load_study(path: str | Path) -> Study:
                  _pairs(raw.get("comparisons"), f"{path}: comparisons", methods))
 
 
-def _pairs(raw: Any, where: str, methods: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The study file's ``comparisons``: a list of [a, b] pairs of two different methods."""
+def _pairs(raw: Any, where: str, methods: dict[str, Any]) -> tuple[tuple[Side, Side], ...]:
+    """The study file's ``comparisons``: a list of [a, b] pairs. Each side is a method, or a list of
+    two or more methods pooled seed by seed (their runs' per-seed mean: a steadier reference than
+    one run per seed when training is chaotic); the two sides share no method."""
     raw = raw or []
     _need(isinstance(raw, list), where, f"expected a list of [a, b] method pairs, found {raw!r}")
+    pairs = []
     for k, pair in enumerate(raw):
-        _need(isinstance(pair, list) and len(pair) == 2 and all(isinstance(m, str) for m in pair)
-              and pair[0] != pair[1], f"{where}[{k}]", f"expected [a, b], two different methods, found {pair!r}")
-        unknown = [m for m in pair if m not in methods]
-        _need(not unknown, f"{where}[{k}]", f"{unknown[0]!r} is not a method ({sorted(methods)})" if unknown else "")
-    return tuple((str(a), str(b)) for a, b in raw)
+        at = f"{where}[{k}]"
+        _need(isinstance(pair, list) and len(pair) == 2, at, f"expected [a, b], two different methods, found {pair!r}")
+        sides = []
+        for side in pair:
+            pooled = isinstance(side, list)
+            _need(isinstance(side, str) or (pooled and len(side) >= 2 and all(isinstance(m, str) for m in side)
+                                            and len(set(side)) == len(side)),
+                  at, f"expected [a, b], each a method or a list of two or more different methods, found {pair!r}")
+            unknown = [m for m in (side if pooled else [side]) if m not in methods]
+            _need(not unknown, at, f"{unknown[0]!r} is not a method ({sorted(methods)})" if unknown else "")
+            sides.append(tuple(side) if pooled else side)
+        a, b = sides
+        _need(not set(members(a)) & set(members(b)), at, f"expected [a, b], two different methods, found {pair!r}")
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+def members(side: Side) -> tuple[str, ...]:
+    """The methods a comparison's side pools: one, or the list the study file gave."""
+    return (side,) if isinstance(side, str) else side
 
 
 def check_study(study: Study, out: Path, methods: list[str] | None = None) -> None:

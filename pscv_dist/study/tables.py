@@ -9,7 +9,8 @@ table: per method, mean DSC and HD95 at each budget, Δ against the reference at
 change of Δ from the shortest to the longest budget, paired seed by seed, (m_long − ref_long) −
 (m_short − ref_short), with its 95 % t interval. The comparisons table: for each pair (a, b) the
 study file names, at each budget, Δ mean DSC and Δ mean HD95 of a − b, paired seed by seed with the
-same interval, and each seed's Δ.
+same interval, and each seed's Δ; a side that pools several methods scores, on each seed, the mean
+of their runs on that seed (only seeds all of them finished).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import Study
+from .plan import Side, Study, members
 from .folder import CONVENTIONS
 from .runs_csv import hd95
 
@@ -170,17 +171,33 @@ def trend_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") 
                                f"share at both budgets; `{ref}`'s own row gives its DSC gain with the budget.")
 
 
+def _pooled(side: Side, budget: int, scores) -> tuple[dict[int, float], dict[int, float]]:
+    """One side's per-seed mean DSC and HD95: a method's own, or its methods' mean on each seed
+    every one of them scored."""
+    found = [scores.get((m, budget), ({}, {})) for m in members(side)]
+    out = []
+    for k in (0, 1):
+        seeds = set.intersection(*(set(f[k]) for f in found))
+        out.append({s: float(np.mean([f[k][s] for f in found])) for s in seeds})
+    return out[0], out[1]
+
+
+def _label(side: Side) -> str:
+    return f"`{side}`" if isinstance(side, str) else "mean(" + ", ".join(f"`{m}`" for m in side) + ")"
+
+
 def comparisons_table(study: Study, rows: list[dict[str, Any]], conv: str = "strict") -> str:
-    """One line per (pair a − b, budget) both methods reached on a common seed: Δ mean DSC and Δ
-    mean HD95 paired seed by seed with their 95 % t intervals, and each seed's Δ DSC. Empty when the
-    study names no pair or no pair has a common seed."""
+    """One line per (pair a − b, budget) both sides reached on a common seed: Δ mean DSC and Δ
+    mean HD95 paired seed by seed with their 95 % t intervals, and each seed's Δ DSC. A pooled
+    side scores each seed's mean over its methods. Empty when the study names no pair or no pair
+    has a common seed."""
     scores = _per_seed(rows, conv)
     unit = _hd95_unit(rows, conv)
     head = ["a − b", "budget", "seeds", "Δ mean DSC [95% CI]", f"Δ mean HD95 ({unit}) [95% CI]", "Δ DSC per seed"]
     lines = [f"### Paired comparisons, `{conv}` convention\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b in study.comparisons:
         for budget in study.budgets:
-            (da, ha), (db, hb) = scores.get((a, budget), ({}, {})), scores.get((b, budget), ({}, {}))
+            (da, ha), (db, hb) = _pooled(a, budget, scores), _pooled(b, budget, scores)
             d = paired_interval(da, db)
             if d is None:
                 continue
@@ -188,5 +205,6 @@ def comparisons_table(study: Study, rows: list[dict[str, Any]], conv: str = "str
             hd_txt = "—" if h is None else _interval_text(h, 1)
             seeds = sorted(set(da) & set(db))
             per_seed = ", ".join(f"s{s} {da[s] - db[s]:+.3f}" for s in seeds)
-            lines.append(f"| `{a}` − `{b}` | {budget} | {d[2]} | {_interval_text(d)} | {hd_txt} | {per_seed} |")
+            lines.append(f"| {_label(a)} − {_label(b)} | {budget} | {d[2]} | {_interval_text(d)} | {hd_txt} "
+                         f"| {per_seed} |")
     return "\n".join(lines) if len(lines) > 3 else ""

@@ -30,7 +30,7 @@ def study_file(tmp: Path, store: Path, **extra) -> Path:
            "reference": "pce", "upper": "fullsup",
            "methods": {"pce": {"loss.name": "pce"}, "pscv": {"loss.name": "pscv", "loss.lambda_cv": 0.01},
                        "fullsup": {"loss.name": "fullsup"}},
-           "paper": {"pce": {"dsc": 0.722}}, "comparisons": [["fullsup", "pscv"]]}
+           "paper": {"pce": {"dsc": 0.722}}, "comparisons": [["fullsup", "pscv"], ["fullsup", ["pce", "pscv"]]]}
     if "methods" in extra:  # the pair names the default methods
         del raw["comparisons"]
     raw.update(extra)
@@ -203,6 +203,11 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
     half2 = 12.706204736174707 * np.std(d2, ddof=1) / math.sqrt(2)
     pair = next(line for line in text.splitlines() if line.startswith("| `fullsup` − `pscv` | 4 | 2 |"))
     assert f"| {np.mean(d2):+.3f} [{np.mean(d2) - half2:+.3f}, {np.mean(d2) + half2:+.3f}] |" in pair
+    # against a pooled side: each seed's mean of pce and pscv
+    d3 = [dsc["fullsup", s] - (dsc["pce", s] + dsc["pscv", s]) / 2 for s in (0, 1)]
+    half3 = 12.706204736174707 * np.std(d3, ddof=1) / math.sqrt(2)
+    pooled = next(line for line in text.splitlines() if line.startswith("| `fullsup` − mean(`pce`, `pscv`) | 4 | 2 |"))
+    assert f"| {np.mean(d3):+.3f} [{np.mean(d3) - half3:+.3f}, {np.mean(d3) + half3:+.3f}] |" in pooled
     assert "### 4 iterations, `literature` convention" in text
     # runs.csv: one line per run and convention, the evaluation files' numbers
     import csv
@@ -238,7 +243,11 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
     ({"comparisons": [["pscv", "nope"]]}, "comparisons[0]: 'nope' is not a method"),
     ({"comparisons": [["pce", "pce"]]}, "comparisons[0]: expected [a, b], two different methods, found ['pce', 'pce']"),
     ({"comparisons": "pscv - pce"}, "comparisons: expected a list of [a, b] method pairs"),
-    ({"comparisons": [[["pscv"], "pce"]]}, "comparisons[0]: expected [a, b], two different methods"),
+    ({"comparisons": [[["pscv"], "pce"]]}, "comparisons[0]: expected [a, b], each a method or a list of two or more"),
+    ({"comparisons": [["pscv", ["pce", "pce"]]]}, "comparisons[0]: expected [a, b], each a method or a list of two"),
+    ({"comparisons": [["pscv", ["pce", "nope"]]]}, "comparisons[0]: 'nope' is not a method"),
+    ({"comparisons": [["pscv", ["pce", "pscv"]]]}, "comparisons[0]: expected [a, b], two different methods, found"),
+    ({"comparisons": [["pscv", "pce", "ms"]]}, "comparisons[0]: expected [a, b], two different methods, found"),
 ])
 def test_bad_study_files_are_refused_in_one_line_before_anything_runs(phantom_store, tmp_path, capsys, edit, message):
     path = study_file(tmp_path, phantom_store, **edit)

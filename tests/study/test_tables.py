@@ -75,6 +75,24 @@ def test_the_comparisons_table_pairs_each_named_pair_seed_by_seed():
     assert comparisons_table(SimpleNamespace(comparisons=[], budgets=(800,)), rows) == ""
 
 
+def test_a_pooled_side_scores_each_seed_by_the_mean_of_its_methods():
+    study = SimpleNamespace(comparisons=[("pscv", ("pce", "nudged")), (("pscv", "ms"), ("pce", "nudged"))],
+                            budgets=(800,))
+    rows = [row("pce", 800, 0, 0.60, 10.0), row("pce", 800, 1, 0.70, 20.0), row("pce", 800, 2, 0.50, 30.0),
+            row("nudged", 800, 0, 0.64, 14.0), row("nudged", 800, 1, 0.66, 16.0),  # no seed 2: the pool has none
+            row("pscv", 800, 0, 0.65, 8.0), row("pscv", 800, 1, 0.72, 14.0), row("pscv", 800, 2, 0.55, 9.0),
+            row("ms", 800, 0, 0.55, 12.0)]
+    lines = [line for line in comparisons_table(study, rows).splitlines() if line.startswith("| `") or
+             line.startswith("| mean")]
+    # by hand: the pool is s0 (0.60 + 0.64) / 2 = 0.62, s1 (0.70 + 0.66) / 2 = 0.68 (HD95 12, 18);
+    # pscv - pool: d = (0.03, 0.04), mean 0.035, sd 0.00707, half 12.706 · 0.005 = 0.0635; HD95 d = (-4, -4)
+    assert lines[0] == ("| `pscv` − mean(`pce`, `nudged`) | 800 | 2 | +0.035 [-0.029, +0.099] | -4.0 [-4.0, -4.0] "
+                        "| s0 +0.030, s1 +0.040 |")
+    # both sides pooled: only seed 0 has ms, (0.65 + 0.55) / 2 - 0.62 = -0.02; HD95 (8 + 12) / 2 - 12 = -2
+    assert lines[1] == "| mean(`pscv`, `ms`) − mean(`pce`, `nudged`) | 800 | 1 | -0.020 (n=1) | -2.0 (n=1) | s0 -0.020 |"
+    assert len(lines) == 2
+
+
 def test_the_main_table_pairs_dsc_and_hd95_against_the_reference_seed_by_seed():
     study = SimpleNamespace(methods=["pce", "pscv", "full"], reference="pce", upper="full", budgets=(800,), paper={})
     rows = [row("pce", 800, 0, 0.60, 20.0), row("pce", 800, 1, 0.70, 30.0), row("pce", 800, 2, 0.65, 25.0),
