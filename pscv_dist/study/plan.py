@@ -237,12 +237,12 @@ def _pairs(raw: Any, where: str, methods: dict[str, Any]) -> tuple[tuple[Side, S
     """The study file's ``comparisons``: a list of [a, b] pairs. Each side is a method, or a list of
     two or more methods pooled seed by seed (their runs' per-seed mean: a steadier reference than
     one run per seed when training is chaotic); the two sides share no method."""
-    raw = raw or []
+    raw = [] if raw is None else raw
     _need(isinstance(raw, list), where, f"expected a list of [a, b] method pairs, found {raw!r}")
     pairs = []
     for k, pair in enumerate(raw):
         at = f"{where}[{k}]"
-        _need(isinstance(pair, list) and len(pair) == 2, at, f"expected [a, b], two different methods, found {pair!r}")
+        _need(isinstance(pair, list) and len(pair) == 2, at, f"expected [a, b], a pair of two sides, found {pair!r}")
         sides = []
         for side in pair:
             pooled = isinstance(side, list)
@@ -253,7 +253,8 @@ def _pairs(raw: Any, where: str, methods: dict[str, Any]) -> tuple[tuple[Side, S
             _need(not unknown, at, f"{unknown[0]!r} is not a method ({sorted(methods)})" if unknown else "")
             sides.append(tuple(side) if pooled else side)
         a, b = sides
-        _need(not set(members(a)) & set(members(b)), at, f"expected [a, b], two different methods, found {pair!r}")
+        shared = sorted(set(members(a)) & set(members(b)))
+        _need(not shared, at, f"expected [a, b] with no method on both sides, found {pair!r} (both have {shared})")
         pairs.append((a, b))
     return tuple(pairs)
 

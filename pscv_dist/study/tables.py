@@ -10,7 +10,7 @@ change of Δ from the shortest to the longest budget, paired seed by seed, (m_lo
 (m_short − ref_short), with its 95 % t interval. The comparisons table: for each pair (a, b) the
 study file names, at each budget, Δ mean DSC and Δ mean HD95 of a − b, paired seed by seed with the
 same interval, and each seed's Δ; a side that pools several methods scores, on each seed, the mean
-of their runs on that seed (only seeds all of them finished).
+of their runs on that seed (only seeds all of them scored; HD95 likewise).
 """
 from __future__ import annotations
 

@@ -241,13 +241,15 @@ def test_the_report_agrees_with_the_evaluation_files(finished):
      "a search must never see the patients it is scored on"),
     ({"colour": "red"}, "unknown key(s) ['colour']"),
     ({"comparisons": [["pscv", "nope"]]}, "comparisons[0]: 'nope' is not a method"),
-    ({"comparisons": [["pce", "pce"]]}, "comparisons[0]: expected [a, b], two different methods, found ['pce', 'pce']"),
+    ({"comparisons": [["pce", "pce"]]}, "comparisons[0]: expected [a, b] with no method on both sides, found ['pce', 'pce']"),
     ({"comparisons": "pscv - pce"}, "comparisons: expected a list of [a, b] method pairs"),
     ({"comparisons": [[["pscv"], "pce"]]}, "comparisons[0]: expected [a, b], each a method or a list of two or more"),
     ({"comparisons": [["pscv", ["pce", "pce"]]]}, "comparisons[0]: expected [a, b], each a method or a list of two"),
     ({"comparisons": [["pscv", ["pce", "nope"]]]}, "comparisons[0]: 'nope' is not a method"),
-    ({"comparisons": [["pscv", ["pce", "pscv"]]]}, "comparisons[0]: expected [a, b], two different methods, found"),
-    ({"comparisons": [["pscv", "pce", "ms"]]}, "comparisons[0]: expected [a, b], two different methods, found"),
+    ({"comparisons": [["pscv", ["pce", "pscv"]]]}, "comparisons[0]: expected [a, b] with no method on both sides, "
+                                                  "found ['pscv', ['pce', 'pscv']] (both have ['pscv'])"),
+    ({"comparisons": {}}, "comparisons: expected a list of [a, b] method pairs, found {}"),
+    ({"comparisons": [["pscv", "pce", "ms"]]}, "comparisons[0]: expected [a, b], a pair of two sides, found"),
 ])
 def test_bad_study_files_are_refused_in_one_line_before_anything_runs(phantom_store, tmp_path, capsys, edit, message):
     path = study_file(tmp_path, phantom_store, **edit)
