@@ -158,6 +158,8 @@ def _cmd_tune(args) -> int:
         grace_steps=args.grace_steps, reduction_factor=args.reduction_factor, seed=args.seed))
     best = summary["best"]
     print(f"best trial {best['trial_id']}: val_mean_dsc {best['best_dsc']:.4f} at step {best['best_step']}")
+    if summary["order_note"]:
+        print(f"  the answer may not repeat: {summary['order_note']}")
     for name in summary["files"]:
         print(f"  {name:18s} {summary['out']}/{name}")
     return 0

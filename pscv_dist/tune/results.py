@@ -89,11 +89,12 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "/")
 
 
-def _write_md(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
+def _write_md(rows: list[dict[str, Any]], keys: list[str], path: Path, order_note: str | None = None) -> None:
     cols = ["trial_id", *keys, "best_dsc", "best_step", "hd95_at_best", "steps", "stopped", "wall_s", "error"]
     head = ["trial", *keys, "best DSC", "at step", "HD95 there", "steps run", "stopped by ASHA", "wall (s)", "error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["", f"The answer may not repeat: {order_note}."] if order_note else []
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -128,16 +129,17 @@ def _plot(rows: list[dict[str, Any]], plan, path: Path) -> bool:
     return True
 
 
-def write_results(plan, grid, wall_s: float, complete: bool = True) -> dict[str, Any]:
+def write_results(plan, grid, wall_s: float, complete: bool = True, order_note: str | None = None) -> dict[str, Any]:
     """Write every result file into ``plan.out``; returns the summary (also ``results.json``).
 
     A search stopped midway (``complete`` False) gets its tables, marked so, but no
-    ``best_config.yaml``: its best so far is not the search's answer."""
+    ``best_config.yaml``: its best so far is not the search's answer. ``order_note`` says why the
+    answer may not repeat (:func:`.search.order_dependence`); ``repeatable`` is its absence."""
     out = plan.out
     rows = trial_rows(plan, grid)
     files = ["results.csv", "results.md", "results.json"]
     _write_csv(rows, out / "results.csv")
-    _write_md(rows, plan.space.keys, out / "results.md")
+    _write_md(rows, plan.space.keys, out / "results.md", order_note)
     best = rows[0] if rows and rows[0]["best_dsc"] is not None else None
     if best is not None and complete:
         cfg = best_config(plan, best)
@@ -147,6 +149,7 @@ def write_results(plan, grid, wall_s: float, complete: bool = True) -> dict[str,
         files.append("best_config.yaml")
     if _plot(rows, plan, out / "dsc_vs_params.png"):
         files.append("dsc_vs_params.png")
-    summary = {"trials": rows, "best": best, "complete": complete, "wall_s": wall_s, "files": files, "out": str(out)}
+    summary = {"trials": rows, "best": best, "complete": complete, "repeatable": order_note is None,
+               "order_note": order_note, "wall_s": wall_s, "files": files, "out": str(out)}
     write_json_atomic(summary, out / "results.json")
     return summary

@@ -264,6 +264,42 @@ def _max_concurrent(plan: Plan) -> int | None:
     return max(1, int(cpus // (o.workers_per_trial * o.cpus_per_worker)))
 
 
+def trials_at_once(plan: Plan) -> int:
+    """The most trials that can run at once: ``--max-concurrent``, else what Ray's CPUs (and GPUs)
+    hold, never more than the search has trials. (Ray must be started.)"""
+    import ray
+
+    o = plan.opts
+    total = o.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
+    if o.max_concurrent:
+        return max(1, min(o.max_concurrent, total))
+    have, per = ray.cluster_resources(), o.workers_per_trial
+    n = int(have.get("CPU", 1) // (per * o.cpus_per_worker))
+    if o.gpus_per_worker:
+        n = min(n, int(have.get("GPU", 0) // (per * o.gpus_per_worker)))
+    return max(1, min(n, total))
+
+
+def order_dependence(o: TuneOptions, at_once: int) -> str | None:
+    """Why the search's answer may change from one run to the next, or None when it repeats.
+
+    Every trial is seeded and repeats. The choice among them repeats too, unless it depends on the
+    order in which trials report, which is a matter of timing once several run at once: ASHA is
+    asynchronous (a trial at a rung is compared only with the trials that reached it before; the
+    first to arrive always goes on), and Optuna's TPE suggests each trial from those finished before
+    it. One trial at a time, the order is the sampled one."""
+    if at_once <= 1:
+        return None
+    why = (["ASHA judges a trial at a rung only against the trials that reached it first"] if o.scheduler == "asha"
+           else []) + (["Optuna suggests each trial from the trials finished before it"] if o.search == "optuna"
+                       else [])
+    if not why:
+        return None
+    return (f"up to {at_once} trials run at once and " + "; ".join(why) + ": which trials arrive first is a "
+            f"matter of timing, so a rerun may stop other trials and choose another answer (--max-concurrent 1 "
+            f"gives a search that repeats)")
+
+
 def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -328,13 +364,16 @@ def run_search(o: TuneOptions, stream=None) -> dict[str, Any]:
            "workers": o.workers_per_trial, "cpus_per_worker": o.cpus_per_worker,
            "gpus_per_worker": o.gpus_per_worker}
     start_ray(o)
+    order_note = order_dependence(o, trials_at_once(plan))
+    if order_note:
+        log.warning("%s: %s", plan.out, order_note)
     t0 = time.time()
     tuner = _tuner(plan, ctx, stream)
     grid = tuner.fit()
     expected = o.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
     finished = grid.num_terminated + grid.num_errors  # ASHA's stops are terminated trials too
     complete = len(grid) >= expected and finished == len(grid)  # not stopped by a signal midway
-    summary = write_results(plan, grid, wall_s=time.time() - t0, complete=complete)
+    summary = write_results(plan, grid, wall_s=time.time() - t0, complete=complete, order_note=order_note)
     if tracking:
         best = summary.get("best") or {}
         metrics = {f"best_{METRIC}": best["best_dsc"]} if best.get("best_dsc") is not None else {}

@@ -113,3 +113,22 @@ def test_a_relative_store_is_made_absolute_for_the_trials(phantom_store, tmp_pat
     uri, artifacts = search_tracking(tmp_path / "search", "sqlite:///runs/mlflow.db", "runs/art")
     assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" and artifacts == (tmp_path / "runs" / "art").as_uri()
     assert search_tracking(tmp_path, "sqlite:////abs/m.db", "s3://b/a") == ("sqlite:////abs/m.db", "s3://b/a")
+
+
+@pytest.mark.parametrize("search, scheduler, at_once, repeats", [
+    ("random", "asha", 1, True),     # one trial at a time: the sampled order
+    ("random", "asha", 2, False),    # ASHA's cuts depend on who reaches a rung first
+    ("random", "none", 8, True),     # every trial to the end: no decision depends on order
+    ("optuna", "none", 1, True),
+    ("optuna", "none", 2, False),    # TPE suggests from the trials finished so far
+    ("optuna", "asha", 3, False),
+])
+def test_when_the_answer_of_a_search_repeats(search, scheduler, at_once, repeats):
+    from pscv_dist.tune.search import TuneOptions, order_dependence
+
+    note = order_dependence(TuneOptions(out="x", search=search, scheduler=scheduler), at_once)
+    assert (note is None) == repeats
+    if not repeats:
+        assert note.startswith(f"up to {at_once} trials run at once") and note.endswith(
+            "(--max-concurrent 1 gives a search that repeats)")
+        assert ("ASHA" in note) == (scheduler == "asha") and ("Optuna" in note) == (search == "optuna")

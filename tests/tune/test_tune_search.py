@@ -96,7 +96,11 @@ def test_resumed_search_finishes_every_trial_and_asha_stops_the_weak(search):
     for name in ("results.csv", "results.md", "best_config.yaml", "dsc_vs_params.png"):
         assert (out / name).is_file(), name
     md = (out / "results.md").read_text().splitlines()
-    assert md[0].startswith("| trial | optim.lr | loss.lambda_cv | best DSC") and len(md) == 2 + 4
+    assert md[0].startswith("| trial | optim.lr | loss.lambda_cv | best DSC") and len(md) == 2 + 4 + 2
+    # 2 ASHA trials at once: the report says the answer may not repeat, and how to get one that does
+    assert results["repeatable"] is False and "--max-concurrent 1" in results["order_note"]
+    assert md[-1] == f"The answer may not repeat: {results['order_note']}."
+    assert f"the answer may not repeat: {results['order_note']}" in stdout
     for t in trials:
         print(f"trial {t['trial_id']} lr={t['optim.lr']:g}: DSC {t['best_dsc']:.4f}, {t['steps']} steps, "
               f"stopped={t['stopped']}, wall {t['wall_s']:.1f} s, start-up {t['startup_s']:.1f} s")
@@ -135,6 +139,26 @@ def test_best_config_trains_with_pscv_train_as_is(search):
     proc = run([sys.executable, "-m", "pscv_dist.cli", "train", "--config", str(out / "best_config.yaml")])
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert summary["step"] == ITERS and summary["out_dir"] == str(out / "best_run")
+
+
+def test_one_trial_at_a_time_the_search_repeats(phantom_store, tmp_path):
+    """With --max-concurrent 1, ASHA sees the trials in their sampled order: two searches stop the
+    same trials at the same steps and give the same numbers, bit for bit, and say so."""
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {type: grid, values: [0.3, 0.1, 1.0e-6, 1.0e-7]}\n"
+                     "loss.lambda_cv: {type: loguniform, low: 1.0e-4, high: 1.0e-3}\n")
+    found = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        proc = run(tune_cmd(out, "--config", "cpu_quick", "--space", str(space), "--num-samples", "1",
+                            "--max-concurrent", "1", "--reduction-factor", "2", *overrides(phantom_store)))
+        results = json.loads((out / "results.json").read_text())
+        assert results["repeatable"] is True and results["order_note"] is None
+        assert "may not repeat" not in proc.stdout + (out / "results.md").read_text()
+        keep = ("optim.lr", "loss.lambda_cv", "best_dsc", "best_step", "hd95_at_best", "steps", "stopped")
+        found.append([{k: t[k] for k in keep} for t in results["trials"]])
+    assert found[0] == found[1], found
+    assert any(t["stopped"] for t in found[0]) and any(not t["stopped"] for t in found[0])  # ASHA did cut
 
 
 def test_two_worker_trial_gathers_the_global_batch_across_workers(phantom_store, tmp_path):
