@@ -252,32 +252,36 @@ def _trainable(plan: Plan, ctx: dict[str, Any]):
     return tune.with_resources(tune.with_parameters(run_distributed_trial, ctx=ctx), {"CPU": 0, "memory": 1 << 20})
 
 
+def _slots(o: TuneOptions) -> int:
+    """How many trials Ray's resources hold at once, now (Ray must be started)."""
+    import ray
+
+    have, per = ray.cluster_resources(), o.workers_per_trial
+    n = int(have.get("CPU", 0) // (per * o.cpus_per_worker))
+    if o.gpus_per_worker:
+        n = min(n, int(have.get("GPU", 0) // (per * o.gpus_per_worker)))
+    return max(1, n)
+
+
 def _max_concurrent(plan: Plan) -> int | None:
     o = plan.opts
     if o.max_concurrent:
         return o.max_concurrent
     if o.workers_per_trial == 1:
         return None  # Tune packs trials by their resources
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1)  # trials take 0 CPU themselves: bound them here
-    return max(1, int(cpus // (o.workers_per_trial * o.cpus_per_worker)))
+    return _slots(o)  # trials take 0 CPU themselves (their workers hold the resources): bound them here
 
 
 def trials_at_once(plan: Plan) -> int:
-    """The most trials that can run at once: ``--max-concurrent``, else what Ray's CPUs (and GPUs)
-    hold, never more than the search has trials. (Ray must be started.)"""
-    import ray
-
+    """The most trials that can run at once, never more than the search has: ``--max-concurrent``
+    or what Ray's resources hold, whichever is less. On a cluster (``--address``) without
+    ``--max-concurrent``, every trial: its nodes may grow while the search runs."""
     o = plan.opts
     total = o.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
-    if o.max_concurrent:
-        return max(1, min(o.max_concurrent, total))
-    have, per = ray.cluster_resources(), o.workers_per_trial
-    n = int(have.get("CPU", 1) // (per * o.cpus_per_worker))
-    if o.gpus_per_worker:
-        n = min(n, int(have.get("GPU", 0) // (per * o.gpus_per_worker)))
-    return max(1, min(n, total))
+    if o.address and not o.max_concurrent:
+        return total
+    n = _slots(o) if o.address is None else total
+    return max(1, min(n, o.max_concurrent or n, total))
 
 
 def order_dependence(o: TuneOptions, at_once: int) -> str | None:
@@ -296,13 +300,13 @@ def order_dependence(o: TuneOptions, at_once: int) -> str | None:
     if not why:
         return None
     return (f"up to {at_once} trials run at once and " + "; ".join(why) + ": which trials arrive first is a "
-            f"matter of timing, so a rerun may stop other trials and choose another answer (--max-concurrent 1 "
-            f"gives a search that repeats)")
+            f"matter of timing, so a rerun may {'stop' if o.scheduler == 'asha' else 'suggest'} other trials "
+            f"and choose another answer (--max-concurrent 1 gives a search that repeats)")
 
 
 def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     o = plan.opts
     trainable = _trainable(plan, ctx)
@@ -322,9 +326,11 @@ def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
         # a generator limits its own concurrency (Tune's max_concurrent_trials is for searchers)
         searcher, limit = BasicVariantGenerator(random_state=o.seed, max_concurrent=_max_concurrent(plan) or 0), None
     if o.scheduler == "asha":
+        from .asha import ResumableASHA
+
         grace = o.grace_steps or min(plan.val_every, plan.iterations)
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=plan.iterations, grace_period=grace,
-                                  reduction_factor=o.reduction_factor)
+        scheduler = ResumableASHA(experiment_path=str(plan.experiment_path), time_attr=TIME_ATTR,
+                                  max_t=plan.iterations, grace_period=grace, reduction_factor=o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
@@ -335,6 +341,17 @@ def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(plan.out / RAY_DIR), verbose=0,
                                   callbacks=[progress_callback(plan.iterations, stream)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def _order_note(plan: Plan) -> str | None:
+    """:func:`order_dependence` for this search, kept in ``search.json``: a search that ran several
+    trials at once and is resumed one at a time still may not repeat."""
+    state = plan.out / STATE_FILE
+    saved = json.loads(state.read_text())
+    note = saved.get("order_note") or order_dependence(plan.opts, trials_at_once(plan))
+    if note != saved.get("order_note"):
+        write_json_atomic({**saved, "order_note": note}, state)
+    return note
 
 
 def run_search(o: TuneOptions, stream=None) -> dict[str, Any]:
@@ -364,7 +381,7 @@ def run_search(o: TuneOptions, stream=None) -> dict[str, Any]:
            "workers": o.workers_per_trial, "cpus_per_worker": o.cpus_per_worker,
            "gpus_per_worker": o.gpus_per_worker}
     start_ray(o)
-    order_note = order_dependence(o, trials_at_once(plan))
+    order_note = _order_note(plan)
     if order_note:
         log.warning("%s: %s", plan.out, order_note)
     t0 = time.time()

@@ -132,3 +132,26 @@ def test_when_the_answer_of_a_search_repeats(search, scheduler, at_once, repeats
         assert note.startswith(f"up to {at_once} trials run at once") and note.endswith(
             "(--max-concurrent 1 gives a search that repeats)")
         assert ("ASHA" in note) == (scheduler == "asha") and ("Optuna" in note) == (search == "optuna")
+
+
+@pytest.mark.parametrize("opts, have, expected", [
+    ({}, {"CPU": 2.0}, 2),                                               # 1-CPU trials on 2 CPUs
+    ({"max_concurrent": 1}, {"CPU": 2.0}, 1),
+    ({"max_concurrent": 4}, {"CPU": 1.0}, 1),                            # the resources bind first
+    ({"num_samples": 1}, {"CPU": 16.0}, 1),                              # never more than the trials
+    ({"workers_per_trial": 2, "gpus_per_worker": 1.0}, {"CPU": 16.0, "GPU": 2.0}, 1),  # GPUs bind
+    ({"cpus_per_worker": 4.0}, {"CPU": 16.0, "GPU": 2.0}, 4),
+    ({"address": "auto"}, {"CPU": 1.0}, 8),                              # a cluster may grow: all 8
+    ({"address": "auto", "max_concurrent": 2}, {"CPU": 1.0}, 2),
+])
+def test_how_many_trials_can_run_at_once(monkeypatch, opts, have, expected):
+    import types
+
+    import ray
+
+    from pscv_dist.tune.search import Plan, TuneOptions, trials_at_once
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: have)  # a cluster's resources cannot exist here
+    o = TuneOptions(out="x", **{"num_samples": 8, **opts})
+    plan = Plan(o, {}, types.SimpleNamespace(params=[]), iterations=8, val_every=4, out=Path("x"))
+    assert trials_at_once(plan) == expected
