@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 METRIC, MODE, TIME_ATTR = "val_mean_dsc", "max", "step"
 STATE_FILE = "search.json"  # the search's settings, written before Ray starts; --resume reads them
+ASHA_LOG = "asha_log.jsonl"  # every result ASHA saw, in order: its rungs after --resume (asha.py)
 RAY_DIR, EXPERIMENT = "ray", "search"
 
 
@@ -272,12 +273,15 @@ def _max_concurrent(plan: Plan) -> int | None:
     return _slots(o)  # trials take 0 CPU themselves (their workers hold the resources): bound them here
 
 
+def _total_trials(plan: Plan) -> int:
+    return plan.opts.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
+
+
 def trials_at_once(plan: Plan) -> int:
     """The most trials that can run at once, never more than the search has: ``--max-concurrent``
     or what Ray's resources hold, whichever is less. On a cluster (``--address``) without
     ``--max-concurrent``, every trial: its nodes may grow while the search runs."""
-    o = plan.opts
-    total = o.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
+    o, total = plan.opts, _total_trials(plan)
     if o.address and not o.max_concurrent:
         return total
     n = _slots(o) if o.address is None else total
@@ -329,7 +333,7 @@ def _tuner(plan: Plan, ctx: dict[str, Any], stream=None):
         from .asha import ResumableASHA
 
         grace = o.grace_steps or min(plan.val_every, plan.iterations)
-        scheduler = ResumableASHA(experiment_path=str(plan.experiment_path), time_attr=TIME_ATTR,
+        scheduler = ResumableASHA(log_path=str(plan.out / ASHA_LOG), time_attr=TIME_ATTR,
                                   max_t=plan.iterations, grace_period=grace, reduction_factor=o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -387,7 +391,7 @@ def run_search(o: TuneOptions, stream=None) -> dict[str, Any]:
     t0 = time.time()
     tuner = _tuner(plan, ctx, stream)
     grid = tuner.fit()
-    expected = o.num_samples * math.prod(len(p.values) for p in plan.space.params if p.type == "grid")
+    expected = _total_trials(plan)
     finished = grid.num_terminated + grid.num_errors  # ASHA's stops are terminated trials too
     complete = len(grid) >= expected and finished == len(grid)  # not stopped by a signal midway
     summary = write_results(plan, grid, wall_s=time.time() - t0, complete=complete, order_note=order_note)

@@ -65,7 +65,7 @@ class _Wall:
 
 
 def _metrics(step: int, values: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
-    out = {**values, **extra, "step": int(step), "reported_at": time.time()}  # the order ASHA saw (asha.py)
+    out = {**values, **extra, "step": int(step)}
     out.setdefault("val_mean_dsc", math.nan)  # unknown (no class anywhere): ranks last, never as 0
     return out
 

@@ -42,24 +42,23 @@ def run(cmd: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
 
 
 def asha_by_hand(out: Path, grace: int, rf: float) -> set[str]:
-    """The trials ASHA stops, worked out from every report in the order it arrived (``reported_at``):
-    a trial reaching rung m (grace * rf**k < ITERS) below the (1 - 1/rf) quantile of the values
-    recorded at m before it stops; a report at ITERS ends the trial unrecorded."""
+    """The trials ASHA's rule stops over every result the driver received, in its order (the
+    scheduler's log): a trial reaching rung m (grace * rf**k < ITERS) below the (1 - 1/rf) quantile
+    of the values recorded at m before it stops; a result at ITERS ends the trial unrecorded."""
     import numpy as np
 
-    rows = []
-    for path in (out / "ray" / "search").glob("*/result.json"):
-        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    events = [json.loads(line) for line in (out / "asha_log.jsonl").read_text().splitlines()]
     rungs = [grace * rf ** k for k in range(8) if grace * rf ** k < ITERS][::-1]
     recorded, stopped = {m: {} for m in rungs}, set()
-    for r in sorted(rows, key=lambda r: r["reported_at"]):
-        trial, t, v = r["trial_id"], r["step"], r["val_mean_dsc"]
-        if trial in stopped or t >= ITERS:
+    for e in events:
+        trial, t, v = e["trial"], e["t"], e["value"]
+        if e["event"] == "result" and t >= ITERS:
             continue
         m = next((m for m in rungs if t >= m and trial not in recorded[m]), None)
         if m is None:
             continue
-        if recorded[m] and v < np.percentile(list(recorded[m].values()), (1 - 1 / rf) * 100):
+        if e["event"] == "result" and recorded[m] and v < np.nanpercentile(list(recorded[m].values()),
+                                                                          (1 - 1 / rf) * 100):
             stopped.add(trial)
         recorded[m][trial] = v
     return stopped
@@ -111,8 +110,8 @@ def test_resumed_search_finishes_every_trial_and_asha_stops_the_weak(search):
     assert {t["optim.lr"] for t in trials} == {0.3, 0.1, 1e-6, 1e-7}
     stopped = [t for t in trials if t["stopped"]]
     assert stopped and all(t["steps"] < ITERS for t in stopped)
-    # across the kill, ASHA stopped exactly the trials its rule stops over all reports in arrival
-    # order (Ray does not save the rungs: pscv_dist.tune.asha rebuilds them on --resume)
+    # across the kill, ASHA stopped exactly the trials its rule stops over all results in the order
+    # they arrived (Ray does not save the rungs: pscv_dist.tune.asha rebuilds them on --resume)
     assert {t["trial_id"] for t in stopped} == asha_by_hand(out, grace=VAL, rf=2)
     assert any(t["steps"] == ITERS for t in trials)
     assert results["best"]["best_dsc"] == max(t["best_dsc"] for t in trials)
@@ -184,9 +183,10 @@ def test_one_trial_at_a_time_the_search_repeats(phantom_store, tmp_path):
         assert "may not repeat" not in proc.stdout + (out / "results.md").read_text()
         keep = ("optim.lr", "loss.lambda_cv", "best_dsc", "best_step", "hd95_at_best", "steps", "stopped")
         found.append([{k: t[k] for k in keep} for t in results["trials"]])
-        spans = sorted((r[0]["reported_at"] - r[0]["trial_wall_s"], r[-1]["reported_at"]) for r in (
-            [json.loads(line) for line in p.read_text().splitlines()] for p in (out / "ray" / "search").glob("*/result.json")))
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one trial at a time, really
+        logs = [[json.loads(line)["time"] for line in p.read_text().splitlines()]
+                for p in (out / "trials").glob("*/train_log.jsonl")]
+        spans = sorted((min(t), max(t)) for t in logs)
+        assert len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one at a time
         assert {t["trial_id"] for t in results["trials"] if t["stopped"]} == asha_by_hand(out, grace=VAL, rf=2)
     assert found[0] == found[1], found
     assert any(t["stopped"] for t in found[0]) and any(not t["stopped"] for t in found[0])  # ASHA did cut
