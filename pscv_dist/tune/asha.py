@@ -8,10 +8,9 @@ the resume, and the first to reach each rung would always go on.
 :class:`ResumableASHA` writes every result it is shown, in the order the driver received them, to a
 log (``pscv tune`` keeps it in ``<out>/asha_log.jsonl``; one line per event, written before the
 decision), and before its first decision after a restore replays that log through ASHA's own rule
-(``_Bracket.on_result``): a trial
-reaching rung r at value v is stopped when v is below the ``(1 - 1/rf)`` quantile of the values
-recorded at r before it (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys
-2020). A trial the replay stops, which the driver died before stopping, is stopped at its next
+(``_Bracket.on_result``): a trial reaching rung r at value v is stopped when v is below the
+``(1 - 1/rf)`` quantile of the values recorded at r before it (Li et al., "A System for Massively
+Parallel Hyperparameter Tuning", MLSys 2020). A trial the replay stops, which the driver died before stopping, is stopped at its next
 report. The driver's own order is used, not the trials' clocks, which differ between nodes.
 """
 from __future__ import annotations
@@ -22,18 +21,21 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """The events of an ASHA log, in order: ``{"event": "result"|"complete", "trial", "t", "value"}``.
-    A line cut short by a kill is skipped."""
-    if not path.is_file():
-        return []
+
+def _events(text: str) -> list[dict[str, Any]]:
     events = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            continue  # a line cut short by a kill
     return events
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The events of an ASHA log, in order: ``{"event": "result"|"complete", "trial", "t", "value"}``.
+    A line cut short by a kill is skipped."""
+    return _events(path.read_text()) if path.is_file() else []
 
 
 class _Id:
@@ -63,15 +65,16 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if self._replayed:
             return
         self._replayed = True
+        path = Path(self._log_path)
+        text = path.read_text() if path.is_file() else ""
         bracket, stopped = self._brackets[0], set()
-        for e in read_log(Path(self._log_path)):
+        for e in _events(text):
             if e["event"] == "result" and e["t"] >= self._max_t and self._stop_last_trials:
                 continue  # ASHA stops a trial at max_t without recording it
             if bracket.on_result(_Id(e["trial"]), e["t"], e["value"]) == TrialScheduler.STOP and e["event"] == "result":
                 stopped.add(e["trial"])
         self._stop_next = stopped  # finished trials are never resumed: only a restarted one meets this
-        path = Path(self._log_path)
-        if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        if text and not text.endswith("\n"):
             with open(path, "a") as f:
                 f.write("\n")  # a line cut short by a kill stays alone, the next event on a line of its own
 
@@ -84,7 +87,6 @@ class ResumableASHA(AsyncHyperBandScheduler):
                 "value": self._metric_op * float(value)}
         with open(self._log_path, "a") as f:
             f.write(json.dumps(line) + "\n")
-            f.flush()
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._replay()

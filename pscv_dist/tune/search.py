@@ -282,10 +282,10 @@ def trials_at_once(plan: Plan) -> int:
     or what Ray's resources hold, whichever is less. On a cluster (``--address``) without
     ``--max-concurrent``, every trial: its nodes may grow while the search runs."""
     o, total = plan.opts, _total_trials(plan)
-    if o.address and not o.max_concurrent:
-        return total
-    n = _slots(o) if o.address is None else total
-    return max(1, min(n, o.max_concurrent or n, total))
+    bound = o.max_concurrent or total
+    if o.address is None:
+        bound = min(bound, _slots(o))
+    return max(1, min(bound, total))
 
 
 def order_dependence(o: TuneOptions, at_once: int) -> str | None:
